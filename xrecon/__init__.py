@@ -1,8 +1,13 @@
 """xrecon: gap-free satellite image time series from cloudy optical and SAR datacubes.
 
 Importing xrecon registers the ``Dataset.recon`` accessor.
+
+>>> import xrecon
+>>> from xrecon.testing import synthetic_cube
+>>> filled = synthetic_cube(ny=8, nx=8).recon.fill("5D", method="linear")
 """
 
+from xrecon import accessor as _accessor  # noqa: F401  (registers Dataset.recon)
 from xrecon._version import __version__
 from xrecon.errors import XreconError
 

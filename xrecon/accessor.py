@@ -1,0 +1,106 @@
+"""The ``Dataset.recon`` accessor: validates names and delegates; no maths here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from typing import Any
+
+import xarray as xr
+
+from xrecon.cube import DEFAULT_SAR, Cube, validate
+
+__all__ = ["ReconAccessor"]
+
+
+@xr.register_dataset_accessor("recon")
+class ReconAccessor:
+    """Gap filling and reconstruction of optical time series: ``ds.recon.fill(...)``.
+
+    Registered when ``xrecon`` is imported.
+    """
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def validate(
+        self, *, optical: Hashable = "optical", sar: Hashable | None = DEFAULT_SAR, mask: Hashable | None = None
+    ) -> Cube:
+        """Check the cube conventions (metadata only; nothing is computed). See :func:`xrecon.cube.validate`."""
+        return validate(self._ds, optical=optical, sar=sar, mask=mask)
+
+    def fill(
+        self,
+        query_times: Any = None,
+        *,
+        method: str = "linear",
+        checkpoint: str | os.PathLike | None = None,
+        optical: Hashable = "optical",
+        sar: Hashable | None = DEFAULT_SAR,
+        mask: Hashable | None = None,
+        keep_observed: bool = True,
+        edges: str = "hold",
+        batch_size: int | None = None,
+        device: str | None = None,
+        **options: Any,
+    ) -> xr.Dataset:
+        """Reconstruct gap-free optical reflectance at any times.
+
+        Parameters
+        ----------
+        query_times : None, str or datetimes
+            None: the optical times. A pandas frequency such as ``"5D"`` spanning the optical time
+            range from its first day; ``"START/END/FREQ"`` such as ``"2019-01-01/2019-12-31/5D"``;
+            or datetimes (array-like, DatetimeIndex).
+        method : str
+            ``"linear"``, ``"harmonic"``, ``"whittaker"``, or a network: ``"anytimeformer"``,
+            ``"restore-dit"`` (with ``checkpoint=``).
+        checkpoint : path, optional
+            A model checkpoint, for the neural methods.
+        optical, sar, mask : str
+            Variable names. ``sar`` may be absent from the cube under its default name; the classical
+            methods ignore it. ``mask`` names a bool ``(time, y, x)`` clear mask, combined with the
+            NaN-ness of ``optical`` (an observation is clear when all its bands are finite and the
+            mask is True).
+        keep_observed : bool
+            Where a query time equals a clear observation's time, return the observation itself.
+        edges : {"hold", "nan"}
+            Before a pixel's first and after its last clear observation: ``"hold"`` gives the
+            method's value at that first (last) observation date, ``"nan"`` gives NaN.
+        batch_size, device
+            For the networks: pixels per batch, and the torch device (None: CUDA when available).
+        **options
+            Method options, e.g. ``order=3, trend=True`` for harmonic, ``lam=...`` for Whittaker.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``optical`` float32 ``(time, band, y, x)`` at the query times and ``observed`` bool
+            ``(time, y, x)``, with the input's spatial chunks, coordinates and CRS, and provenance
+            in ``attrs``. Lazy when the input is dask-backed. A pixel with no clear observation is NaN.
+
+        Examples
+        --------
+        >>> import xrecon
+        >>> from xrecon.testing import synthetic_cube
+        >>> ds = synthetic_cube(ny=16, nx=16, chunks={"y": 8, "x": 8})
+        >>> out = ds.recon.fill("10D", method="whittaker")
+        >>> out.optical.dims
+        ('time', 'band', 'y', 'x')
+        """
+        from xrecon.fill import fill
+
+        return fill(
+            self._ds,
+            query_times,
+            method=method,
+            checkpoint=checkpoint,
+            optical=optical,
+            sar=sar,
+            mask=mask,
+            keep_observed=keep_observed,
+            edges=edges,
+            batch_size=batch_size,
+            device=device,
+            **options,
+        )

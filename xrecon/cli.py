@@ -1,0 +1,140 @@
+"""The ``xrecon`` command line: ``fill``, ``demo`` (and, with the training utilities, ``train``, ``evaluate``).
+
+Examples
+--------
+::
+
+    xrecon fill IN.zarr OUT.zarr --method whittaker --query-times 2019-01-01/2019-12-31/5D
+    xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
+    xrecon demo --out xrecon-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from xrecon._version import __version__
+from xrecon.errors import XreconError
+
+__all__ = ["main"]
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with value read as a Python literal when it is one (3, 0.5, true, [1, 2])."""
+    if "=" not in text:
+        raise XreconError(f"--option {text!r}: expected KEY=VALUE, e.g. --option order=3")
+    key, raw = text.split("=", 1)
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    try:
+        return key.strip(), ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return key.strip(), raw.strip()
+
+
+def _parse_chunks(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    chunks = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        if not size.strip().lstrip("-").isdigit():
+            raise XreconError(f"--chunks {text!r}: expected DIM=SIZE pairs, e.g. y=512,x=512")
+        chunks[name.strip()] = int(size)
+    return chunks
+
+
+def _cmd_fill(args: argparse.Namespace) -> int:
+    import dask
+
+    import xrecon  # noqa: F401  (registers the accessor)
+    from xrecon.io import open_cube, write_zarr
+
+    ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
+    options = dict(_parse_option(o) for o in args.option)
+    out = ds.recon.fill(
+        args.query_times,
+        method=args.method,
+        checkpoint=args.checkpoint,
+        optical=args.optical,
+        sar=args.sar,
+        mask=args.mask,
+        keep_observed=not args.no_keep_observed,
+        edges=args.edges,
+        batch_size=args.batch_size,
+        device=args.device,
+        **options,
+    )
+    scheduler = {"scheduler": args.scheduler} if args.scheduler else {}
+    if args.workers:
+        scheduler["num_workers"] = args.workers
+    with dask.config.set(**scheduler):
+        target = write_zarr(out, args.output, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {target}: {dict(out.sizes)} with method={args.method}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from xrecon.demo import run_demo
+
+    run_demo(args.out, size=args.size, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xrecon", description="Gap-free satellite image time series.")
+    parser.add_argument("--version", action="version", version=f"xrecon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr")
+    f.add_argument("input", help="input cube: Zarr store or netCDF file")
+    f.add_argument("output", help="output Zarr store (refused if it exists, unless --overwrite)")
+    f.add_argument("--method", default="linear", help="linear | harmonic | whittaker | anytimeformer | restore-dit")
+    f.add_argument(
+        "--query-times",
+        default=None,
+        help="START/END/FREQ (e.g. 2019-01-01/2019-12-31/5D), a frequency spanning the optical times "
+        "(e.g. 5D), or omitted for the optical times",
+    )
+    f.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
+    f.add_argument("--optical", default="optical", help="optical variable name")
+    f.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
+    f.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
+    f.add_argument("--edges", default="hold", choices=["hold", "nan"], help="before first / after last clear obs")
+    f.add_argument("--no-keep-observed", action="store_true", help="do not pass clear observations through")
+    f.add_argument("--option", action="append", default=[], help="method option KEY=VALUE (repeatable)")
+    f.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=512,x=512")
+    f.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
+    f.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
+    f.add_argument("--scheduler", default=None, help="dask scheduler: threads | processes | synchronous")
+    f.add_argument("--workers", type=int, default=None, help="dask workers")
+    f.add_argument("--overwrite", action="store_true", help="replace OUTPUT once the new one is complete")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_fill)
+
+    d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure")
+    d.add_argument("--out", default="xrecon-demo", help="output folder")
+    d.add_argument("--size", type=int, default=128, help="cube width and height in pixels")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xrecon`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except XreconError as err:
+        print(f"xrecon: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
