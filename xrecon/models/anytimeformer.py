@@ -1,0 +1,723 @@
+"""AnytimeFormer: surface reflectance at any requested day from irregular optical and SAR series.
+
+The network of Tang et al., "AnytimeFormer: Fusing irregular and asynchronous SAR-optical time
+series to reconstruct reflectance at any given time", Remote Sensing of Environment (2025),
+rewritten for xrecon: any number of optical, SAR and query dates, optional SAR, device taken from
+the inputs, normalization kept in the model, and pixel-independent work done once per call.
+
+The network, per pixel (B pixels, T optical dates, Ts SAR dates, Tq query dates, D = d_model)::
+
+    pos(t)   sinusoidal day-of-year code, 1/365^(2i/D) frequencies, days truncated to integers
+    h        = embed(optical) + pos(optical days)                   missing optical = 0 (band mean)
+    h        = encoder blocks (self-attention, a date never attends to itself), post-norm
+    a        = attention(query=pos(optical days), key=pos(SAR days), value=embed(SAR)) + pos(optical days)
+    h        = block(low-rank fusion(h, a))                         sum over rank r of ([1,h] W_r) * ([1,a] V_r)
+    y        = head(attention(query=pos(query days), key=h, value=h))
+
+The time-align attention's query and key are time codes only, so its weights depend on the dates,
+not on the pixel; the decoder's queries likewise. :meth:`AnytimeFormer.prepare` computes them once
+per set of dates and folds the linear maps that follow (value -> output projection -> head) into
+small matrices, which :meth:`AnytimeFormer.forward_prepared` then applies to every batch. This is
+the same function as the textbook form (:meth:`AnytimeFormer.forward_reference`), up to float
+rounding, at about 60% of its arithmetic.
+
+Examples
+--------
+>>> import numpy as np
+>>> from xrecon.models import anytimeformer
+>>> model = anytimeformer.AnytimeFormer(anytimeformer.AnytimeFormerConfig(d_model=32, d_inner=16))
+>>> rng = np.random.default_rng(0)
+>>> optical = rng.uniform(0, 0.4, (5, 12, 10)).astype("float32")
+>>> valid = rng.random((5, 12)) > 0.3
+>>> sar = rng.normal(-15, 3, (5, 30, 2)).astype("float32")
+>>> y = model.predict_pixels(optical, valid, np.arange(12) * 30 + 1, sar, np.arange(30) * 12 + 3,
+...                          query_doy=[50, 150, 250], device="cpu")
+>>> y.shape
+(5, 3, 10)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xrecon.errors import CheckpointError, XreconError
+from xrecon.models.base import XreconModel, register_model
+from xrecon.runtime import autocast, file_sha256, resolve_device, resolve_precision
+
+__all__ = [
+    "OFFICIAL_OPTICAL_BANDS",
+    "OFFICIAL_SAR_BANDS",
+    "PRESETS",
+    "AnytimeFormer",
+    "AnytimeFormerConfig",
+    "from_official",
+    "doy_encoding",
+]
+
+#: Sentinel-2 bands of the official Germany model, in the order of its inputs and outputs. The
+#: upstream code does not name them: its Google Earth Engine export keeps GEE's native order of the
+#: ten 10 m and 20 m bands, which is this one.
+OFFICIAL_OPTICAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+#: Sentinel-1 polarisations of the official model (upstream ``X_aux``: VV, VH), backscatter in dB.
+OFFICIAL_SAR_BANDS = ("VV", "VH")
+
+TIME_ENCODINGS = ("doy-sinusoid",)
+
+
+@dataclass(frozen=True)
+class AnytimeFormerConfig:
+    """Architecture of an AnytimeFormer (training settings live elsewhere).
+
+    The defaults are the official release's (``PRESETS["official"]``).
+    """
+
+    n_optical_bands: int = 10
+    n_sar_bands: int = 2  # 0 = an optical-only network, without the SAR fusion module
+    d_model: int = 128
+    d_inner: int = 64  # hidden width of the feed-forward layers
+    n_heads: int = 4
+    d_k: int = 32  # per-head width of queries and keys
+    d_v: int = 32  # per-head width of values
+    n_groups: int = 2  # encoder blocks with their own weights ...
+    n_group_inner_layers: int = 1  # ... each applied this many times in a row
+    fusion_rank: int = 8  # rank of the low-rank tensor fusion
+    diagonal_mask: bool = True  # optical self-attention: a date may not attend to itself
+    time_encoding: str = "doy-sinusoid"
+    time_period: float = 365.0  # the T of the sinusoid: frequencies 1 / T^(2i/d_model)
+    max_day: float = 366.0  # days of year outside [0, max_day] are refused
+    dropout: float = 0.1  # used in training mode only
+
+    def __post_init__(self) -> None:
+        for name in ("n_optical_bands", "d_model", "d_inner", "n_heads", "d_k", "d_v", "n_group_inner_layers",
+                     "fusion_rank"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise XreconError(f"AnytimeFormerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("n_sar_bands", "n_groups"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise XreconError(f"AnytimeFormerConfig.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.time_encoding not in TIME_ENCODINGS:
+            raise XreconError(f"AnytimeFormerConfig.time_encoding must be one of {TIME_ENCODINGS}, "
+                              f"got {self.time_encoding!r}")
+        if not self.time_period > 0 or not self.max_day > 0:
+            raise XreconError("AnytimeFormerConfig.time_period and max_day must be positive")
+        if not 0 <= self.dropout < 1:
+            raise XreconError(f"AnytimeFormerConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+#: Named architectures. "official" is the published Germany model.
+PRESETS: dict[str, AnytimeFormerConfig] = {
+    "official": AnytimeFormerConfig(),
+    "optical-only": AnytimeFormerConfig(n_sar_bands=0),
+    "small": AnytimeFormerConfig(d_model=64, d_inner=32, d_k=16, d_v=16, fusion_rank=4),
+}
+
+
+def doy_encoding(days: Tensor, d_model: int, period: float = 365.0) -> Tensor:
+    """Sinusoidal code of days of year: ``(...,)`` days -> ``(..., d_model)`` float32.
+
+    Column ``j`` is ``sin`` (even ``j``) or ``cos`` (odd ``j``) of ``day / period**(2*(j//2)/d_model)``,
+    computed in float64 on the CPU and rounded once to float32, which reproduces the official
+    model's 366-row table exactly for days 0..365 and extends it to any day. Fractional days are
+    truncated to whole days, as the official model does.
+
+    Examples
+    --------
+    >>> import torch
+    >>> doy_encoding(torch.tensor([0.0, 1.0]), 4)
+    tensor([[0.0000, 1.0000, 0.0000, 1.0000],
+            [0.8415, 0.5403, 0.0528, 0.9986]])
+    """
+    day = torch.floor(days.detach().to("cpu", torch.float64))
+    j = torch.arange(d_model, dtype=torch.float64)
+    angle = day[..., None] / torch.pow(torch.tensor(float(period), dtype=torch.float64), 2 * (j // 2) / d_model)
+    code = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return code.to(device=days.device, dtype=torch.float32)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Post-norm transformer block: ``x = LN(x + MHA(x)); x = LN(x + FFN(x))``."""
+
+    def __init__(self, c: AnytimeFormerConfig) -> None:
+        super().__init__()
+        self.n_heads, self.d_k, self.d_v, self.dropout = c.n_heads, c.d_k, c.d_v, c.dropout
+        self.qkv = nn.Linear(c.d_model, c.n_heads * (2 * c.d_k + c.d_v), bias=False)
+        self.proj = nn.Linear(c.n_heads * c.d_v, c.d_model, bias=False)
+        self.norm1 = nn.LayerNorm(c.d_model)  # eps 1e-5 and ...
+        self.ffn_in = nn.Linear(c.d_model, c.d_inner)
+        self.ffn_out = nn.Linear(c.d_inner, c.d_model)
+        self.norm2 = nn.LayerNorm(c.d_model, eps=1e-6)  # ... 1e-6: as the official weights were trained
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        B, T, _ = x.shape
+        H, dk, dv = self.n_heads, self.d_k, self.d_v
+        p = self.dropout if self.training else 0.0
+        q, k, v = self.qkv(x).split([H * dk, H * dk, H * dv], dim=-1)  # (B, T, H*dk) x2, (B, T, H*dv)
+        q = q.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
+        k = k.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
+        v = v.view(B, T, H, dv).transpose(1, 2)  # (B, H, T, dv)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, H, T, dv)
+        a = a.transpose(1, 2).reshape(B, T, H * dv)  # (B, T, H*dv)
+        x = self.norm1(x + F.dropout(self.proj(a), p, self.training))  # (B, T, D)
+        f = self.ffn_out(F.gelu(self.ffn_in(x)))  # (B, T, D)
+        return self.norm2(x + F.dropout(f, p, self.training))  # (B, T, D)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention without biases, queries from one sequence, keys and values from another."""
+
+    def __init__(self, c: AnytimeFormerConfig) -> None:
+        super().__init__()
+        self.n_heads, self.d_k, self.d_v, self.dropout = c.n_heads, c.d_k, c.d_v, c.dropout
+        self.q = nn.Linear(c.d_model, c.n_heads * c.d_k, bias=False)
+        self.k = nn.Linear(c.d_model, c.n_heads * c.d_k, bias=False)
+        self.v = nn.Linear(c.d_model, c.n_heads * c.d_v, bias=False)
+        self.proj = nn.Linear(c.n_heads * c.d_v, c.d_model, bias=False)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """The textbook form (used by :meth:`AnytimeFormer.forward_reference`)."""
+        B, L, _ = query.shape
+        H, dk, dv = self.n_heads, self.d_k, self.d_v
+        q = self.q(query).view(B, L, H, dk).transpose(1, 2)  # (B, H, L, dk)
+        k = self.k(key).view(B, -1, H, dk).transpose(1, 2)  # (B, H, S, dk)
+        v = self.v(value).view(B, -1, H, dv).transpose(1, 2)  # (B, H, S, dv)
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, dv)
+        return self.proj(a.transpose(1, 2).reshape(B, L, H * dv))  # (B, L, D)
+
+    def folded_values(self, after: Tensor) -> Tensor:
+        """Per-head maps ``(H, D, E)`` from a value input to ``after(proj(.))`` restricted to each head.
+
+        ``after`` is ``(D, E)``: the linear map applied to the attention output (identity for none).
+        Attention output = sum over heads of ``weights_h @ (value @ folded_h)``.
+        """
+        H, dv = self.n_heads, self.d_v
+        wv = self.v.weight.view(H, dv, -1)  # (H, dv, D_in)
+        wo = self.proj.weight.view(-1, H, dv)  # (D, H, dv)
+        return torch.einsum("hvi,ohv,oe->hie", wv, wo, after)  # (H, D_in, E)
+
+
+class LowRankFusion(nn.Module):
+    """Low-rank multimodal tensor fusion (Liu et al. 2018): ``sum_r ([1, x] W_r) * ([1, y] V_r)``."""
+
+    def __init__(self, d_model: int, rank: int) -> None:
+        super().__init__()
+        self.w_optical = nn.Parameter(torch.empty(rank, d_model + 1, d_model))
+        self.w_sar = nn.Parameter(torch.empty(rank, d_model + 1, d_model))
+        nn.init.xavier_normal_(self.w_optical)
+        nn.init.xavier_normal_(self.w_sar)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The textbook form: ``(B, T, D)``, ``(B, T, D)`` -> ``(B, T, D)``."""
+        ones = x.new_ones(*x.shape[:-1], 1)
+        px = torch.cat([ones, x], -1).unsqueeze(-3) @ self.w_optical  # (B, R, T, D)
+        py = torch.cat([ones, y], -1).unsqueeze(-3) @ self.w_sar  # (B, R, T, D)
+        return (px * py).sum(-3)  # (B, T, D)
+
+
+class Prepared(NamedTuple):
+    """What one set of dates costs, computed once per call and shared by every pixel and batch."""
+
+    pos: Tensor  # (T, D) time code of the optical dates
+    mask: Tensor | None  # (T, T) bool, True = may attend; None without the diagonal mask
+    align: Tensor | None  # (H, T, Ts) optical-to-SAR time-align attention weights; None without SAR input
+    sar_to_fusion: Tensor | None  # (H*S, R*D) SAR mix -> SAR side of the fusion, per rank
+    fusion_shared: Tensor | None  # (T, R*D) SAR side of the fusion for SAR at its mean (pixel-independent)
+    fusion_optical: Tensor | None  # (D, R*D) optical side of the fusion, bias row split off below
+    fusion_optical_bias: Tensor | None  # (R*D,)
+    dec_q: Tensor  # (H, Tq, dk) decoder queries
+    dec_kv: Tensor  # (D, H*dk + H*C) decoder keys, and values folded through output projection and head
+    head_bias: Tensor  # (C,)
+
+
+@register_model("anytimeformer")
+class AnytimeFormer(XreconModel):
+    """The AnytimeFormer network, with its normalization statistics and band names.
+
+    Attributes
+    ----------
+    config : AnytimeFormerConfig
+    optical_bands, sar_bands : list of str or None
+        Band names in input order (``None`` if unknown).
+    optical_mean, optical_std : Tensor (C,)
+        Reflectance statistics; the network works in standardized units.
+    sar_mean, sar_std : Tensor (S,)
+        Backscatter (dB) statistics.
+    """
+
+    config_class = AnytimeFormerConfig
+
+    def __init__(self, config: AnytimeFormerConfig | None = None) -> None:
+        c = config or AnytimeFormerConfig()
+        super().__init__(c)
+        C, S, D = c.n_optical_bands, c.n_sar_bands, c.d_model
+        self.embed_optical = nn.Linear(C, D, bias=False)
+        self.encoder = nn.ModuleList(SelfAttentionBlock(c) for _ in range(c.n_groups))
+        if S:
+            self.embed_sar = nn.Linear(S, D, bias=False)
+            self.align = CrossAttention(c)
+            self.fusion = LowRankFusion(D, c.fusion_rank)
+            self.fusion_block = SelfAttentionBlock(c)
+        self.decoder = CrossAttention(c)
+        self.head = nn.Linear(D, C)
+        self.register_buffer("optical_mean", torch.zeros(C))
+        self.register_buffer("optical_std", torch.ones(C))
+        self.register_buffer("sar_mean", torch.zeros(S))
+        self.register_buffer("sar_std", torch.ones(S))
+
+    # ----------------------------------------------------------------------------------------------
+    # network, in standardized units
+
+    def time_code(self, days: Tensor) -> Tensor:
+        """``(...,)`` days of year -> ``(..., D)`` time code (see :func:`doy_encoding`)."""
+        return doy_encoding(days, self.config.d_model, self.config.time_period)
+
+    def _diagonal_mask(self, T: int, device: torch.device) -> Tensor | None:
+        # With a single date the official model's -1e9 fill leaves that date attending to itself,
+        # which is what no mask does; a boolean mask would leave it nothing to attend to (NaN).
+        if not self.config.diagonal_mask or T < 2:
+            return None
+        return ~torch.eye(T, dtype=torch.bool, device=device)  # (T, T)
+
+    def prepare(self, optical_doy: Tensor, query_doy: Tensor, sar_doy: Tensor | None = None) -> Prepared:
+        """Everything that depends on the dates and weights only, not on pixel values."""
+        c = self.config
+        H, dk, D, R, C = c.n_heads, c.d_k, c.d_model, c.fusion_rank, c.n_optical_bands
+        dev = self.head.weight.device
+        pos = self.time_code(optical_doy.to(dev))  # (T, D)
+        T = pos.shape[0]
+        align = sar_to_fusion = fusion_shared = fusion_optical = fusion_optical_bias = None
+        if c.n_sar_bands:
+            w_opt, w_sar = self.fusion.w_optical, self.fusion.w_sar  # (R, D+1, D) each
+            # [1, x] @ W_r = W_r[0] + x @ W_r[1:], all ranks side by side: (D, R*D) and (R*D,)
+            fusion_optical = w_opt[:, 1:].permute(1, 0, 2).reshape(D, R * D)
+            fusion_optical_bias = w_opt[:, 0].reshape(R * D)
+            # SAR side input is pos + aligned SAR; the pos part is the same for every pixel
+            fusion_shared = (w_sar[:, 0].unsqueeze(1) + pos @ w_sar[:, 1:]).transpose(0, 1).reshape(T, R * D)
+            if sar_doy is not None and sar_doy.numel():
+                pos_sar = self.time_code(sar_doy.to(dev))  # (Ts, D)
+                q = self.align.q(pos).view(T, H, dk).transpose(0, 1)  # (H, T, dk)
+                k = self.align.k(pos_sar).view(-1, H, dk).transpose(0, 1)  # (H, Ts, dk)
+                align = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(dk), dim=-1)  # (H, T, Ts)
+                # value path SAR -> embed -> v_h -> proj, per head: (H, S, D); then into the fusion
+                sar_map = self.align.folded_values(torch.eye(D, device=dev))  # (H, D, D)
+                sar_map = self.embed_sar.weight.T @ sar_map  # (H, S, D)
+                sar_map = sar_map.reshape(-1, D)  # (H*S, D)
+                sar_to_fusion = (sar_map @ w_sar[:, 1:]).permute(1, 0, 2).reshape(-1, R * D)  # (H*S, R*D)
+        pos_q = self.time_code(query_doy.to(dev))  # (Tq, D)
+        dec_q = self.decoder.q(pos_q).view(-1, H, dk).transpose(0, 1)  # (H, Tq, dk)
+        # decoder values go through v_h, proj and head, all linear: fold them into (D, C) per head
+        dec_v = self.decoder.folded_values(self.head.weight.T)  # (H, D, C)
+        dec_kv = torch.cat([self.decoder.k.weight.T, dec_v.permute(1, 0, 2).reshape(D, H * C)], 1)  # (D, H*dk+H*C)
+        return Prepared(pos, self._diagonal_mask(T, dev), align, sar_to_fusion, fusion_shared, fusion_optical,
+                        fusion_optical_bias, dec_q, dec_kv, self.head.bias)
+
+    def forward_prepared(self, optical: Tensor, prep: Prepared, sar: Tensor | None = None) -> Tensor:
+        """The network for one batch given :meth:`prepare`'s output.
+
+        Parameters
+        ----------
+        optical : Tensor (B, T, C)
+            Standardized reflectance, 0 where not observed.
+        prep : Prepared
+        sar : Tensor (B, Ts, S), optional
+            Standardized backscatter, 0 where missing; ignored unless ``prep`` was made with SAR dates.
+
+        Returns
+        -------
+        Tensor (B, Tq, C)
+            Standardized reflectance at the query days.
+        """
+        c = self.config
+        B, T, _ = optical.shape
+        H, dk, D, R, C = c.n_heads, c.d_k, c.d_model, c.fusion_rank, c.n_optical_bands
+        h = self.embed_optical(optical) + prep.pos  # (B, T, D)
+        for block in self.encoder:
+            for _ in range(c.n_group_inner_layers):
+                h = block(h, prep.mask)  # (B, T, D)
+        if c.n_sar_bands:
+            x = torch.addmm(prep.fusion_optical_bias, h.reshape(B * T, D), prep.fusion_optical)  # (B*T, R*D)
+            x = x.view(B, T, R, D)
+            y = prep.fusion_shared  # (T, R*D): SAR at its mean
+            if prep.align is not None and sar is not None:
+                a = prep.align
+                if self.training and c.dropout:
+                    a = F.dropout(a.expand(B, *a.shape), c.dropout)  # (B, H, T, Ts): per-pixel dropout
+                mix = (a @ sar.unsqueeze(1).to(a.dtype)).transpose(1, 2).reshape(B, T, -1)  # (B, T, H*S)
+                y = y + mix @ prep.sar_to_fusion  # (B, T, R*D)
+            h = (x * y.view(-1, T, R, D)).sum(2)  # (B, T, D)
+            h = self.fusion_block(h)  # (B, T, D)
+        kv = h @ prep.dec_kv  # (B, T, H*dk + H*C)
+        k, v = kv.split([H * dk, H * C], dim=-1)
+        k = k.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
+        v = v.view(B, T, H, C).transpose(1, 2)  # (B, H, T, C)
+        q = prep.dec_q.to(k.dtype).expand(B, -1, -1, -1)  # (B, H, Tq, dk)
+        p = c.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, Tq, C)
+        return out.sum(1) + prep.head_bias  # (B, Tq, C)
+
+    def forward(self, optical: Tensor, optical_doy: Tensor, query_doy: Tensor, sar: Tensor | None = None,
+                sar_doy: Tensor | None = None) -> Tensor:
+        """Standardized reflectance ``(B, T, C)`` (0 = missing) -> ``(B, Tq, C)`` at ``query_doy``.
+
+        Dates are 1-d and shared by the batch (pixels of a chunk share their acquisition dates).
+        ``sar`` ``(B, Ts, S)`` is standardized backscatter (0 = missing) at ``sar_doy`` ``(Ts,)``;
+        without it a SAR network sees SAR at its mean. The device is the inputs'.
+        """
+        return self.forward_prepared(optical, self.prepare(optical_doy, query_doy, sar_doy), sar)
+
+    def forward_reference(self, optical: Tensor, optical_doy: Tensor, query_doy: Tensor,
+                          sar: Tensor | None = None, sar_doy: Tensor | None = None) -> Tensor:
+        """The same network in its textbook, per-pixel form: slower, kept to check the fast one."""
+        c = self.config
+        B, T, _ = optical.shape
+        pos = self.time_code(optical_doy).expand(B, T, -1)  # (B, T, D)
+        h = self.embed_optical(optical) + pos  # (B, T, D)
+        mask = self._diagonal_mask(T, optical.device)
+        for block in self.encoder:
+            for _ in range(c.n_group_inner_layers):
+                h = block(h, mask)  # (B, T, D)
+        if c.n_sar_bands:
+            if sar is None or sar_doy is None or sar_doy.numel() == 0:
+                sar, sar_doy = optical.new_zeros(B, 1, c.n_sar_bands), optical_doy[:1]
+            pos_sar = self.time_code(sar_doy).expand(B, -1, -1)  # (B, Ts, D)
+            a = self.align(pos, pos_sar, self.embed_sar(sar)) + pos  # (B, T, D)
+            h = self.fusion_block(self.fusion(h, a))  # (B, T, D)
+        pos_q = self.time_code(query_doy).expand(B, -1, -1)  # (B, Tq, D)
+        return self.head(self.decoder(pos_q, h, h))  # (B, Tq, C)
+
+    # ----------------------------------------------------------------------------------------------
+    # numpy in, numpy out
+
+    @property
+    def normalization(self) -> dict[str, np.ndarray]:
+        """The statistics inputs are standardized with, as numpy arrays."""
+        return {k: getattr(self, k).detach().cpu().numpy().copy()
+                for k in ("optical_mean", "optical_std", "sar_mean", "sar_std")}
+
+    def set_normalization(self, optical_mean: Sequence[float], optical_std: Sequence[float],
+                          sar_mean: Sequence[float] | None = None, sar_std: Sequence[float] | None = None) -> None:
+        """Set the reflectance and backscatter statistics (checked: finite, std > 0, one per band)."""
+        c = self.config
+        for name, value, n in (("optical_mean", optical_mean, c.n_optical_bands),
+                               ("optical_std", optical_std, c.n_optical_bands),
+                               ("sar_mean", sar_mean, c.n_sar_bands), ("sar_std", sar_std, c.n_sar_bands)):
+            if value is None:
+                if n:
+                    raise XreconError(f"{name} is required: the model has {n} SAR band(s)")
+                continue
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+            if arr.shape != (n,) or not np.isfinite(arr).all() or (name.endswith("std") and (arr <= 0).any()):
+                raise XreconError(f"{name} must be {n} finite value(s){' > 0' if name.endswith('std') else ''}, "
+                                  f"one per band; got {np.asarray(value).tolist()!r}")
+            buf = getattr(self, name)
+            buf.copy_(torch.as_tensor(arr, dtype=buf.dtype, device=buf.device))
+
+    def default_batch_size(self, device: torch.device) -> int:
+        """Pixels per batch: enough to keep matrix products efficient, few enough to stay in cache/memory."""
+        return 256 if device.type == "cpu" else 8192
+
+    def predict_pixels(
+        self,
+        optical: np.ndarray,
+        valid: np.ndarray,
+        optical_doy: np.ndarray,
+        sar: np.ndarray | None = None,
+        sar_doy: np.ndarray | None = None,
+        query_doy: np.ndarray | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        *,
+        precision: str = "fp32",
+    ) -> np.ndarray:
+        """Reflectance of every pixel at every query day: numpy in, numpy out.
+
+        Parameters
+        ----------
+        optical : array (N, T, C)
+            Surface reflectance (0-1 units) at ``optical_doy``; any value (NaN included) where not valid.
+        valid : array (N, T) of bool
+            True where the observation is clear. An observation with a non-finite band is treated as
+            not valid.
+        optical_doy : array (T,)
+            Day of year of each optical date (0..366; fractions are truncated, as the official model
+            does). Any order; dates may repeat.
+        sar : array (N, Ts, S), optional
+            Backscatter in dB at ``sar_doy``. NaN (no acquisition, border noise) counts as the band
+            mean, i.e. no information. ``None`` (or Ts = 0) runs a SAR model with SAR at its mean
+            everywhere, which is the same as all-NaN SAR.
+        sar_doy : array (Ts,), optional
+            Day of year of each SAR date.
+        query_doy : array (Tq,), optional
+            Days of year to predict; ``None`` = the optical dates (sequence-to-sequence).
+        batch_size : int, optional
+            Pixels per batch; ``None`` = :meth:`default_batch_size`.
+        device : str or torch.device, optional
+            ``None`` = "cuda" if available, else "cpu". The model is moved there if it is elsewhere.
+        precision : {"fp32", "bf16", "fp16"}
+            Matrix products in this precision (autocast). "bf16" is fast on CPUs with AMX and on GPUs,
+            "fp16" is for GPUs; see docs/anytimeformer.md for their measured error.
+
+        Returns
+        -------
+        array (N, Tq, C) float32
+            Predicted reflectance. Pixels with no valid observation are NaN (the network would return
+            a climatology-like curve from the time codes alone, which is not a reconstruction).
+
+        Raises
+        ------
+        CheckpointError
+            If the number of bands does not match the model.
+        XreconError
+            For inconsistent shapes or days outside [0, max_day].
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from xrecon.models import anytimeformer
+        >>> model = anytimeformer.AnytimeFormer(anytimeformer.PRESETS["small"])
+        >>> optical = np.full((2, 3, 10), 0.1, "float32")
+        >>> valid = np.array([[True, False, True], [False, False, False]])
+        >>> y = model.predict_pixels(optical, valid, [10, 20, 30], query_doy=[15, 25], device="cpu")
+        >>> y.shape, bool(np.isnan(y[1]).all())
+        ((2, 2, 10), True)
+        """
+        c = self.config
+        optical = np.asarray(optical)
+        if optical.ndim != 3:
+            raise XreconError(f"optical must be (pixel, time, band), got shape {optical.shape}")
+        N, T, C = optical.shape
+        if C != c.n_optical_bands:
+            raise CheckpointError(f"the model takes {c.n_optical_bands} optical bands"
+                                  f"{_names(self.optical_bands)}, optical has {C}")
+        valid = np.asarray(valid)
+        if valid.shape != (N, T):
+            raise XreconError(f"valid must be (pixel, time) = {(N, T)}, got shape {valid.shape}")
+        opt_days = self._days(optical_doy, "optical_doy", T)
+        q_days = opt_days if query_doy is None else self._days(query_doy, "query_doy")
+        if sar is not None:
+            sar = np.asarray(sar)
+            if not c.n_sar_bands:
+                raise XreconError("this model takes no SAR (n_sar_bands = 0); pass sar=None")
+            if sar.ndim != 3 or sar.shape[0] != N:
+                raise XreconError(f"sar must be (pixel, sar_time, sar_band) with {N} pixels, got shape {sar.shape}")
+            if sar.shape[2] != c.n_sar_bands:
+                raise CheckpointError(f"the model takes {c.n_sar_bands} SAR bands{_names(self.sar_bands)}, "
+                                      f"sar has {sar.shape[2]}")
+            if sar_doy is None:
+                raise XreconError("sar_doy is required with sar")
+            s_days = self._days(sar_doy, "sar_doy", sar.shape[1])
+            if sar.shape[1] == 0:
+                sar = s_days = None
+        else:
+            s_days = None
+
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        if batch_size is None:
+            batch_size = self.default_batch_size(dev)
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise XreconError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+        out = np.full((N, len(q_days), C), np.nan, dtype=np.float32)
+        valid = valid.astype(bool) & np.isfinite(optical).all(-1)  # (N, T)
+        todo = np.flatnonzero(valid.any(-1))
+        if todo.size == 0 or len(q_days) == 0:
+            return out
+        if self.device != dev:
+            self.to(dev)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                prep = self.prepare(torch.from_numpy(opt_days), torch.from_numpy(q_days),
+                                    None if s_days is None else torch.from_numpy(s_days))
+                mean, std = self.optical_mean, self.optical_std
+                contiguous = todo.size == N  # slices, no copies, in the common case
+                for start in range(0, todo.size, batch_size):
+                    rows = slice(start, start + batch_size) if contiguous else todo[start:start + batch_size]
+                    x = torch.from_numpy(np.ascontiguousarray(optical[rows], dtype=np.float32)).to(dev)
+                    v = torch.from_numpy(np.ascontiguousarray(valid[rows])).to(dev)
+                    x = torch.where(v.unsqueeze(-1), (x - mean) / std, 0.0)  # (b, T, C)
+                    s = None
+                    if sar is not None:
+                        s = torch.from_numpy(np.ascontiguousarray(sar[rows], dtype=np.float32)).to(dev)
+                        s = torch.nan_to_num((s - self.sar_mean) / self.sar_std, nan=0.0, posinf=0.0, neginf=0.0)
+                    with autocast(dev, dtype):
+                        y = self.forward_prepared(x, prep, s)  # (b, Tq, C)
+                    out[rows] = (y.float() * std + mean).cpu().numpy()
+        finally:
+            if was_training:
+                self.train()
+        return out
+
+    def _days(self, days: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
+        arr = np.asarray(days)
+        if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
+            raise XreconError(f"{name} must be 1-d" + (f" with {n} days, one per date" if n is not None else "")
+                              + f", got shape {arr.shape}")
+        arr = arr.astype(np.float64)
+        bad = ~np.isfinite(arr) | (arr < 0) | (arr > self.config.max_day)
+        if bad.any():
+            raise XreconError(f"{name} must hold days of year in [0, {self.config.max_day:g}], "
+                              f"got {arr[bad][:5].tolist()}")
+        return arr
+
+
+def _names(bands: Sequence[str] | None) -> str:
+    return f" ({', '.join(bands)})" if bands else ""
+
+
+# ------------------------------------------------------------------------------------------------
+# the official release
+
+def _official_key_map(n_groups: int, with_sar: bool) -> dict[str, str]:
+    """xrecon parameter name -> upstream parameter name(s) (a '+'-joined list is concatenated)."""
+    m: dict[str, str] = {"embed_optical.weight": "embedding_X.weight",
+                         "head.weight": "reduce_dim.weight", "head.bias": "reduce_dim.bias"}
+
+    def block(ours: str, theirs: str) -> None:
+        a = f"{theirs}.slf_attn"
+        m[f"{ours}.qkv.weight"] = f"{a}.w_qs.weight+{a}.w_ks.weight+{a}.w_vs.weight"
+        m[f"{ours}.proj.weight"] = f"{a}.fc.weight"
+        for p in ("weight", "bias"):
+            m[f"{ours}.norm1.{p}"] = f"{theirs}.layer_norm.{p}"
+            m[f"{ours}.ffn_in.{p}"] = f"{theirs}.pos_ffn.w_1.{p}"
+            m[f"{ours}.ffn_out.{p}"] = f"{theirs}.pos_ffn.w_2.{p}"
+            m[f"{ours}.norm2.{p}"] = f"{theirs}.pos_ffn.layer_norm.{p}"
+
+    def cross(ours: str, theirs: str) -> None:
+        for a, b in (("q", "w_qs"), ("k", "w_ks"), ("v", "w_vs"), ("proj", "fc")):
+            m[f"{ours}.{a}.weight"] = f"{theirs}.{b}.weight"
+
+    for i in range(n_groups):
+        block(f"encoder.{i}", f"encoder.{i}")
+    cross("decoder", "decoder.timeindex_attn")
+    if with_sar:
+        m["embed_sar.weight"] = "embedding_X_aux.linear.weight"
+        cross("align", "timealign_attention")
+        m["fusion.w_optical"] = "tensorfusion.w_x"
+        m["fusion.w_sar"] = "tensorfusion.w_x_aux"
+        block("fusion_block", "multimodal_encoder")
+    return m
+
+
+def from_official(
+    path: str | os.PathLike,
+    optical_mean: Sequence[float],
+    optical_std: Sequence[float],
+    sar_mean: Sequence[float] | None = None,
+    sar_std: Sequence[float] | None = None,
+    *,
+    optical_bands: Sequence[str] | None = OFFICIAL_OPTICAL_BANDS,
+    sar_bands: Sequence[str] | None = OFFICIAL_SAR_BANDS,
+    n_heads: int = 4,
+    n_group_inner_layers: int = 1,
+    diagonal_mask: bool = True,
+    device: str | torch.device | None = "cpu",
+) -> AnytimeFormer:
+    """An :class:`AnytimeFormer` with the weights of an official AnytimeFormer release file.
+
+    The official ``.ckpt`` files are bare PyTorch state dicts without normalization statistics
+    (upstream keeps them in its HDF data files), so those are given here and stored in the model;
+    ``model.save`` then writes a self-contained xrecon checkpoint.
+
+    Parameters
+    ----------
+    path
+        An upstream checkpoint such as ``best_model_40%.ckpt`` or ``best_model_anytime.ckpt``.
+    optical_mean, optical_std
+        Per-band reflectance statistics (0-1 units) the model was trained with (upstream
+        ``X_mean``, ``X_std``), in the band order of ``optical_bands``.
+    sar_mean, sar_std
+        Per-band backscatter statistics in dB (upstream ``X_aux_mean``, ``X_aux_std``); required
+        for a model with SAR.
+    optical_bands, sar_bands
+        Band names stored with the model (default: the official model's, see
+        :data:`OFFICIAL_OPTICAL_BANDS`); ``None`` if unknown.
+    n_heads, n_group_inner_layers, diagonal_mask
+        Settings the weights cannot tell; the defaults are the official configuration.
+    device
+        Where to put the model.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, unreadable, or not an AnytimeFormer state dict.
+
+    Examples
+    --------
+    >>> from xrecon.models import anytimeformer
+    >>> model = anytimeformer.from_official(  # doctest: +SKIP
+    ...     "best_model_40%.ckpt",
+    ...     optical_mean=[0.045, 0.072, 0.065, 0.105, 0.205, 0.245, 0.262, 0.275, 0.198, 0.122],
+    ...     optical_std=[0.03, 0.032, 0.042, 0.041, 0.068, 0.088, 0.097, 0.099, 0.071, 0.062],
+    ...     sar_mean=[-12.0, -18.0], sar_std=[3.0, 3.5])
+    >>> model.save("anytimeformer_germany_40pct.xrecon")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"official checkpoint file not found: {os.fspath(path)!r}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or unsafe file
+        raise CheckpointError(f"{path.name!r} is not a readable PyTorch state dict "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # tolerate a wrapped state dict
+    need = ("embedding_X.weight", "reduce_dim.weight", "decoder.timeindex_attn.w_qs.weight")
+    if not isinstance(sd, dict) or any(k not in sd for k in need):
+        raise CheckpointError(f"{path.name!r} is not an official AnytimeFormer checkpoint "
+                              f"(expected a state dict with {', '.join(need)})")
+    D, C = sd["embedding_X.weight"].shape
+    with_sar = "tensorfusion.w_x" in sd
+    n_groups = len({k.split(".")[1] for k in sd if k.startswith("encoder.")})
+    hd = sd["decoder.timeindex_attn.w_qs.weight"].shape[0]
+    hv = sd["decoder.timeindex_attn.w_vs.weight"].shape[0]
+    if hd % n_heads or hv % n_heads:
+        raise CheckpointError(f"{path.name!r}: attention width {hd} is not divisible by n_heads={n_heads}")
+    try:
+        config = AnytimeFormerConfig(
+            n_optical_bands=C,
+            n_sar_bands=sd["embedding_X_aux.linear.weight"].shape[1] if with_sar else 0,
+            d_model=D, d_inner=sd["encoder.0.pos_ffn.w_1.weight"].shape[0] if n_groups else D,
+            n_heads=n_heads, d_k=hd // n_heads, d_v=hv // n_heads, n_groups=n_groups,
+            n_group_inner_layers=n_group_inner_layers,
+            fusion_rank=sd["tensorfusion.w_x"].shape[0] if with_sar else 1,
+            diagonal_mask=diagonal_mask,
+        )
+        model = AnytimeFormer(config)
+        ours = {}
+        for name, theirs in _official_key_map(n_groups, with_sar).items():
+            ours[name] = torch.cat([sd[k] for k in theirs.split("+")], 0)
+    except KeyError as err:
+        raise CheckpointError(f"{path.name!r} lacks the AnytimeFormer parameter {err.args[0]!r}") from err
+    ours.update({k: v for k, v in model.state_dict().items() if k.endswith(("_mean", "_std"))})
+    try:
+        model.load_state_dict(ours, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path.name!r} does not fit the AnytimeFormer architecture: {err}") from err
+    if "position_enc.pos_table" in sd:
+        # The official model carries its time code as a table: check ours gives the same numbers.
+        table = sd["position_enc.pos_table"]
+        ref = model.time_code(torch.arange(table.shape[0], dtype=torch.float32))
+        if table.shape != ref.shape or not torch.allclose(table, ref, atol=1e-6):
+            raise CheckpointError(f"{path.name!r} uses a time encoding xrecon does not reproduce")
+    model.set_normalization(optical_mean, optical_std, sar_mean, sar_std)
+    for names, n, what in ((optical_bands, C, "optical_bands"), (sar_bands, config.n_sar_bands, "sar_bands")):
+        if names is not None and len(names) != n:
+            raise XreconError(f"{what} must name {n} band(s), got {list(names)!r}")
+    model.optical_bands = None if optical_bands is None else list(optical_bands)
+    model.sar_bands = None if (sar_bands is None or not config.n_sar_bands) else list(sar_bands)
+    model.metadata = {"source": "official AnytimeFormer release (tangkai-RS/AnytimeFormer, Apache-2.0)",
+                      "official_file": path.name, "official_sha256": file_sha256(path)}
+    return model.eval().to(resolve_device(device))
