@@ -79,6 +79,9 @@ def write_zarr(
     [0, 1, 2]
     """
     ds = _clean_encoding(ds)
+    # Zarr format 2 unless asked otherwise: what most Pangeo tools read today, and fixed-width band
+    # names and consolidated metadata are part of its specification.
+    to_zarr_kwargs.setdefault("zarr_format", 2)
     text = os.fspath(path)
     ctx = _progress() if progress else contextlib.nullcontext()
     if "://" in text:
