@@ -1,0 +1,143 @@
+"""Throughput of the classical reconstruction methods: pixel series per second, per core.
+
+Part 1 times the numpy kernels alone (``xrecon.methods``) on T = 60 dates x C = 4 bands with about 40 % of
+the dates cloudy; part 2 times ``ds.recon.fill`` on a Zarr cube of the same kind, when the accessor exists.
+Every number is measured in this one run, on one thread, so ratios between lines are what to compare; the
+absolute numbers depend on the machine and on what else runs on it (report them as such).
+
+Run: ``python benchmarks/fill_classical.py [--pixels N] [--repeat R] [--quick]``
+"""
+
+from __future__ import annotations
+
+import os
+
+# "Per core": one thread for every BLAS/OpenMP pool, set before numpy is imported.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from xrecon import methods  # noqa: E402
+
+T, C, CLOUDY = 60, 4, 0.4
+GOAL = 100_000  # series/s per core, for linear and whittaker (fixed lam)
+
+CASES: list[tuple[str, str, dict]] = [
+    ("linear", "linear", {}),
+    ("harmonic order=2", "harmonic", {"order": 2}),
+    ("harmonic order=3 trend", "harmonic", {"order": 3, "trend": True}),
+    ("whittaker lam=default", "whittaker", {}),
+    ("whittaker order=3", "whittaker", {"order": 3}),
+    ("whittaker lam=gcv", "whittaker", {"lam": "gcv"}),
+    ("whittaker lam=vcurve", "whittaker", {"lam": "vcurve"}),
+]
+FAST = {"linear", "whittaker lam=default"}
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seasonal reflectance, 5-day dates over ~300 days, 40 % of dates cloudy (NaN there)."""
+    rng = np.random.default_rng(seed)
+    t = 18_000.0 + 5.0 * np.arange(T)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    base = rng.uniform(0.05, 0.3, (n, 1, C))
+    values = base + 0.1 * np.sin(2 * np.pi * t[None, :, None] / 365.25 + phase)
+    values += rng.normal(0, 0.01, values.shape)
+    valid = rng.random((n, T)) > CLOUDY
+    values[~valid] = np.nan
+    return values.astype(np.float32), valid, t
+
+
+def best_rate(fn: Callable[[], object], n_series: int, repeat: int) -> float:
+    """Series per second from the fastest of ``repeat`` runs (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return n_series / min(times)
+
+
+def kernels(n: int, repeat: int, quick: bool) -> dict[str, float]:
+    values, valid, t = synthetic(n)
+    print(f"Part 1: kernels alone, N = {n} pixels, T = {T}, C = {C}, {valid.mean():.0%} clear, tq = t, 1 thread")
+    rates = {}
+    for label, name, options in CASES:
+        if quick and label not in FAST:
+            continue
+        kernel = methods.get_method(name)
+        # the automatic-lambda variants solve 13 systems per pixel: time them on fewer pixels
+        m = n if isinstance(options.get("lam"), (float, type(None))) else max(n // 8, 1)
+
+        def run(kernel=kernel, m=m, options=options) -> None:
+            kernel(values[:m], valid[:m], t, t, **options)
+
+        run()  # warm-up
+        rates[label] = best_rate(run, m, repeat)
+    ref = rates["linear"]
+    for label, rate in rates.items():
+        goal = "" if label not in FAST else ("  (goal >= 100,000: met)" if rate >= GOAL else "  (goal: NOT met)")
+        print(f"  {label:<26s} {rate:>12,.0f} series/s   x{rate / ref:5.2f} vs linear{goal}")
+    return rates
+
+
+def through_fill(n: int, repeat: int, kernel_rates: dict[str, float]) -> None:
+    """Part 2: the same reconstruction through ``ds.recon.fill`` on a Zarr cube (needs the accessor)."""
+    try:
+        import xarray as xr
+
+        import xrecon  # noqa: F401  (registers the accessor)
+    except ImportError as err:
+        print(f"Part 2 skipped: {err}")
+        return
+    if not hasattr(xr.Dataset, "recon"):
+        print("Part 2 skipped: the ds.recon accessor is not registered yet")
+        return
+    side = int(np.sqrt(n))
+    values, valid, t = synthetic(side * side)
+    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
+    cube = values.reshape(side, side, T, C).transpose(2, 3, 0, 1)  # (time, band, y, x)
+    ds = xr.Dataset(
+        {"optical": (("time", "band", "y", "x"), cube)},
+        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(side), "x": np.arange(side)},
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "cube.zarr")
+        ds.chunk({"time": -1, "band": -1, "y": 64, "x": 64}).to_zarr(path)
+        lazy = xr.open_zarr(path)
+        print(f"Part 2: ds.recon.fill on a Zarr cube {side} x {side} px, chunks 64 x 64, synchronous scheduler")
+        import dask
+
+        for label, name, options in CASES:
+            if label not in kernel_rates or isinstance(options.get("lam"), str):
+                continue
+
+            def run(name: str = name) -> None:
+                with dask.config.set(scheduler="synchronous"):
+                    lazy.recon.fill(method=name).compute()
+
+            run()
+            rate = best_rate(run, side * side, repeat)
+            print(
+                f"  {label:<26s} {rate:>12,.0f} series/s   "
+                f"{rate / kernel_rates[label]:5.2f} of the kernel alone"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pixels", type=int, default=65_536)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="only the methods with a goal")
+    args = parser.parse_args()
+    rates = kernels(args.pixels, args.repeat, args.quick)
+    through_fill(args.pixels, args.repeat, rates)
+
+
+if __name__ == "__main__":
+    main()
