@@ -153,6 +153,8 @@ def test_nan_exactly_where_not_clear(cube):
     np.testing.assert_array_equal(cube.optical.values[finite], cube.truth.values[finite])
     assert np.isfinite(cube.truth.values).all()
     assert (cube.truth.values >= 0).all() and (cube.truth.values <= 1).all()
+    shaded = synthetic_cube(ny=24, nx=24, end="2020-04-30", shadows=True, sar=False, seed=8)
+    assert (np.isfinite(shaded.optical.values) == shaded.clear.values[:, None]).all()
 
 
 @pytest.mark.parametrize("cover", [0.2, 0.4, 0.7])
@@ -332,6 +334,12 @@ def test_truth_times_argument_is_smooth():
                                ds.truth_at.sel(truth_time="2020-03-03").values, atol=1e-6)
     explicit = synthetic_cube(ny=16, nx=16, truth_times=["2020-05-05"], sar=False, seed=7)
     assert explicit.sizes["truth_time"] == 1
+
+
+def test_synthetic_truth_of_a_subset(cube):
+    sub = cube.isel(y=slice(10, 30), x=slice(5, 25, 2))
+    t = synthetic_truth(sub, sub.time.values[:4], bands=["B08"])
+    np.testing.assert_allclose(t.values, sub.truth.sel(band=["B08"]).values[:4], atol=1e-6)
 
 
 def test_synthetic_truth_needs_a_synthetic_cube():

@@ -407,9 +407,9 @@ def _sar_dates(start, end, revisit, missing, seed) -> np.ndarray:
     return dates[keep].to_numpy().astype("datetime64[ns]")
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, ny: int, nx: int, scale: float) -> np.ndarray:
-    """Spatially correlated gaussian fields (n, ny, nx): white noise low-passed in Fourier space."""
-    noise = rng.standard_normal((n, ny, nx), dtype=np.float32)
+def _smooth_noise(noise: np.ndarray, scale: float) -> np.ndarray:
+    """Spatially correlated gaussian fields from white noise (n, ny, nx), low-passed in Fourier space."""
+    ny, nx = noise.shape[-2:]
     ky = np.fft.fftfreq(ny)[:, None]
     kx = np.fft.rfftfreq(nx)[None, :]
     k2 = (ky**2 + kx**2) * (2 * np.pi) ** 2
@@ -434,15 +434,22 @@ def _clouds(n, ny, nx, cover, scale, shadows, seed):
         frac = rng.beta(cover * k, (1 - cover) * k, n)
         frac[frac < 0.02] = 0.0
         frac[frac > 0.98] = 1.0
-    field = _smooth_noise(rng, n, ny, nx, scale)
-    flat = field.reshape(n, -1)
-    # Per-date threshold at the (1 - cover) quantile, so each date gets exactly its drawn cover.
-    kth = np.clip(np.ceil((1 - frac) * (flat.shape[1] - 1)).astype(int), 0, flat.shape[1] - 1)
-    thr = np.array([np.partition(row, k)[k] for row, k in zip(flat, kth, strict=True)], dtype=np.float32)
-    cloud = (field >= thr[:, None, None]) & (frac[:, None, None] > 0)
-    cloud |= frac[:, None, None] >= 1
-    # Thin at the edges, opaque in the core.
-    opacity = np.clip(0.3 + (field - thr[:, None, None]) / 1.0, 0.3, 1.0)
+    noise = rng.standard_normal((n, ny, nx), dtype=np.float32)
+    cloud = np.zeros((n, ny, nx), dtype=bool)
+    cloud[frac >= 1] = True
+    opacity = np.ones((n, ny, nx), dtype=np.float32)
+    # Only partly cloudy dates need a cloud field (the costly part); clear and overcast ones do not.
+    partly = np.flatnonzero((frac > 0) & (frac < 1))
+    if len(partly):
+        field = _smooth_noise(noise[partly], scale)
+        flat = field.reshape(len(partly), -1)
+        # Threshold at the (1 - cover) quantile, so each date gets exactly its drawn cover.
+        kth = np.clip(np.ceil((1 - frac[partly]) * (flat.shape[1] - 1)).astype(int), 0, flat.shape[1] - 1)
+        thr = np.array([np.partition(row, k)[k] for row, k in zip(flat, kth, strict=True)], dtype=np.float32)
+        above = field - thr[:, None, None]
+        cloud[partly] = above >= 0
+        # Thin at the edges, opaque in the core.
+        opacity[partly] = np.clip(0.3 + above, 0.3, 1.0)
     shadow = np.zeros_like(cloud)
     if shadows:
         # Shadows fall away from the sun (south-east at overpass): towards north-west, i.e. up-left.
@@ -600,7 +607,7 @@ def synthetic_cube(
         optical += _rng(p.seed, "noise").normal(0, noise, optical.shape).astype(np.float32)
         np.clip(optical, 0, 1, out=optical)
     if cloudy == "nan":
-        optical[np.broadcast_to(~clear[:, None], optical.shape)] = np.nan
+        np.copyto(optical, np.float32(np.nan), where=~clear[:, None])
     else:
         cloud_spec = np.asarray(_SPECTRA["cloud"], np.float32)[[S2_BANDS.index(b) for b in band_names]]
         op = np.where(cloud, opacity, 0).astype(np.float32)[:, None]
@@ -645,7 +652,7 @@ def synthetic_cube(
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs[_ATTR] = p.to_json()
     ds.attrs["title"] = "xrecon synthetic Sentinel-2 + Sentinel-1 cube"
-    ds = ds.rio.write_crs(crs)
+    ds = ds.rio.write_crs(crs, inplace=True)  # not a copy: the arrays are large and ours
     if chunks is not None:
         ds = ds.chunk(_chunk_spec(chunks, ds))
     return ds
@@ -711,7 +718,14 @@ def synthetic_truth(ds: xr.Dataset, times: Any, *, bands: Sequence[str] | None =
     p = _Params(**json.loads(ds.attrs[_ATTR]))
     times = _to_ns(times, "times")
     band_names = list(ds["band"].values) if bands is None else _resolve_bands(list(bands))
+    # The cube may be a spatial subset of the scene: find its rows and columns on the scene grid.
+    rows = np.rint((p.y0 - ds["y"].values) / p.resolution - 0.5).astype(int)
+    cols = np.rint((ds["x"].values - p.x0) / p.resolution - 0.5).astype(int)
+    if rows.min() < 0 or rows.max() >= p.ny or cols.min() < 0 or cols.max() >= p.nx:
+        raise CubeError("the cube's y/x coordinates lie outside the synthetic scene it records")
     values = _Scene(p).reflectance(times, band_names)
+    if len(rows) != p.ny or len(cols) != p.nx or (rows != np.arange(p.ny)).any() or (cols != np.arange(p.nx)).any():
+        values = values[:, :, rows][:, :, :, cols]
     out = xr.DataArray(values, dims=("time", "band", "y", "x"),
                        coords={"time": times, "band": band_names, "y": ds["y"].values, "x": ds["x"].values},
                        name="truth", attrs={"long_name": "cloud-free surface reflectance", "units": "1"})
