@@ -53,10 +53,6 @@ class Support:
         hi = t_pos[self.last][:, None]
         return np.clip(tq_pos[None, :], lo, hi)
 
-    def clamp_times(self, t: np.ndarray, tq: np.ndarray) -> np.ndarray:
-        """Query times clamped per pixel into [first clear date, last clear date], shape (N, Tq)."""
-        return np.clip(tq[None, :], t[self.first][:, None], t[self.last][:, None])
-
 
 def support(valid: np.ndarray, t: np.ndarray, tq: np.ndarray) -> Support:
     """Each pixel's clear-observation interval and which queries fall outside it."""

@@ -113,22 +113,32 @@ def fill_harmonic(
     if trend:
         active[:, 1] = has_trend
 
+    # (N, C, T) float64 with zeros where not clear: where(), not a product with the weights, so that
+    # NaN or garbage there never reaches the sums
+    y = np.where(valid[:, None, :], values.transpose(0, 2, 1), np.float64(0.0))
     w = valid.astype(np.float64)
-    y = np.where(valid[:, :, None], values, 0.0).astype(np.float64)  # garbage must not reach the sums
     # Normal equations for all pixels with two matrix products: sum_t w x_p x_q and sum_t w x_p y.
     xx = (x[:, :, None] * x[:, None, :]).reshape(nt, n_par * n_par)
     a = (w @ xx).reshape(n, n_par, n_par)
-    b = np.matmul(x.T, w[:, :, None] * y)  # (N, P, C)
+    b = (y.reshape(n * nc, nt) @ x).reshape(n, nc, n_par).transpose(0, 2, 1)  # (N, P, C)
 
     inactive = ~active
     pair_off = inactive[:, :, None] | inactive[:, None, :]
     a[pair_off] = 0.0
     diag = np.einsum("npp->np", a)  # a writable view of the diagonals
     diag += _RIDGE * np.maximum(n_valid, 1)[:, None] + inactive
-    b[inactive] = 0.0
+    b = np.where(inactive[:, :, None], 0.0, b)
     coef = np.linalg.solve(a, b)  # (N, P, C)
 
-    # Evaluating the fit at clamped dates is the edges rule; the design there differs per pixel.
-    xq = _design(sup.clamp_times(t, tq), order, period, trend, t_ref)  # (N, Tq, P)
-    out = np.matmul(xq, coef)
+    # The fit at the queries, one matrix product for all pixels ...
+    xq = _design(tq, order, period, trend, t_ref)  # (Tq, P)
+    coef_t = coef.transpose(0, 2, 1).reshape(n * nc, n_par)
+    out = (coef_t @ xq.T).reshape(n, nc, tq.size).transpose(0, 2, 1)  # (N, Tq, C)
+    # ... then the edges rule: outside a pixel's clear interval, the fit at its first / last clear date
+    if edges == "hold" and sup.outside.any():
+        at_first = np.einsum("np,npc->nc", x[sup.first], coef)
+        at_last = np.einsum("np,npc->nc", x[sup.last], coef)
+        before = tq[None, :] < t[sup.first][:, None]
+        out = np.where(before[:, :, None], at_first[:, None, :], out)
+        out = np.where((sup.outside & ~before)[:, :, None], at_last[:, None, :], out)
     return _common.finish(out, sup, edges)

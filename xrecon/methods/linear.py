@@ -44,10 +44,10 @@ def fill_linear(
     Examples
     --------
     >>> import numpy as np
-    >>> values = np.array([[[0.1], [9.9], [0.3]]], dtype=np.float32)
+    >>> values = np.array([[[0.25], [9.9], [0.75]]], dtype=np.float32)  # 9.9: cloudy, ignored
     >>> valid = np.array([[True, False, True]])
     >>> fill_linear(values, valid, np.array([0.0, 5.0, 10.0]), np.array([-5.0, 5.0, 20.0]))[0, :, 0]
-    array([0.1, 0.2, 0.3], dtype=float32)
+    array([0.25, 0.5 , 0.75], dtype=float32)
     """
     _common.reject_unexpected("linear", options, ["edges"])
     edges = _common.check_edges(edges)
