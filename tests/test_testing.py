@@ -109,9 +109,16 @@ def test_bad_arguments(kwargs):
         synthetic_cube(**kwargs)
 
 
-def test_bad_dates_are_query_time_errors():
+@pytest.mark.parametrize("kwargs", [{"start": "not a date"}, {"end": "2020-01-06"}])
+def test_bad_dates_are_query_time_errors(kwargs):
     with pytest.raises(QueryTimesError):
-        synthetic_cube(start="not a date")
+        synthetic_cube(**kwargs)
+
+
+def test_shortest_range_has_dates():
+    for seed in range(10):
+        ds = synthetic_cube(ny=4, nx=4, end="2020-01-10", seed=seed)
+        assert ds.sizes["time"] >= 2 and ds.sizes["sar_time"] >= 1
 
 
 # --- determinism ----------------------------------------------------------------------------------

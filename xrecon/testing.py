@@ -588,6 +588,12 @@ def synthetic_cube(
     for name, value in (("revisit_days", revisit_days), ("sar_revisit_days", sar_revisit_days)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise XreconError(f"{name}={value!r}: expected a whole number of days, at least 1")
+    span = (t1 - t0).days + 1
+    if span < max(2 * revisit_days, sar_revisit_days if sar else 0):
+        raise QueryTimesError(
+            f"start={start!r}, end={end!r} spans {span} days: too short for two optical dates every "
+            f"{revisit_days} days (and one SAR date every {sar_revisit_days}); give a longer range"
+        )
     if cloudy not in ("nan", "values"):
         raise XreconError(f"cloudy={cloudy!r}: expected 'nan' or 'values'")
     if not (resolution > 0 and field_size > 0 and noise >= 0 and sar_looks > 0):
