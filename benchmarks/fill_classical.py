@@ -19,6 +19,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -53,17 +54,22 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return values.astype(np.float32), valid, t
 
 
-def best_rate(fn: Callable[[], object], n_series: int, repeat: int) -> float:
-    """Series per second from the fastest of ``repeat`` runs (the least disturbed by other load)."""
-    times = []
+def best_rate(fn: Callable[[], object], n_series: int, repeat: int) -> tuple[float, float]:
+    """Series per second of (CPU time, wall time), each from the fastest of ``repeat`` runs.
+
+    On a shared machine the wall time includes waiting for a core; the CPU time of this (single-threaded)
+    process is the fairer "per core" figure, and the one the goal is checked against.
+    """
+    cpu, wall = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        c0, w0 = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return n_series / min(times)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return n_series / min(cpu), n_series / min(wall)
 
 
-def kernels(n: int, repeat: int, quick: bool) -> dict[str, float]:
+def kernels(n: int, repeat: int, quick: bool) -> dict[str, tuple[float, float]]:
     values, valid, t = synthetic(n)
     print(f"Part 1: kernels alone, N = {n} pixels, T = {T}, C = {C}, {valid.mean():.0%} clear, tq = t, 1 thread")
     rates = {}
@@ -79,14 +85,17 @@ def kernels(n: int, repeat: int, quick: bool) -> dict[str, float]:
 
         run()  # warm-up
         rates[label] = best_rate(run, m, repeat)
-    ref = rates["linear"]
-    for label, rate in rates.items():
-        goal = "" if label not in FAST else ("  (goal >= 100,000: met)" if rate >= GOAL else "  (goal: NOT met)")
-        print(f"  {label:<26s} {rate:>12,.0f} series/s   x{rate / ref:5.2f} vs linear{goal}")
+    ref = rates["linear"][0]
+    print(f"  {'':<26s} {'series/s (cpu)':>15s} {'(wall)':>10s}   ratio to linear (cpu)")
+    for label, (cpu, wall) in rates.items():
+        goal = ""
+        if label in FAST:
+            goal = "  goal >= 100,000: " + ("met" if cpu >= GOAL else "NOT met")
+        print(f"  {label:<26s} {cpu:>15,.0f} {wall:>10,.0f}   x{cpu / ref:5.2f}{goal}")
     return rates
 
 
-def through_fill(n: int, repeat: int, kernel_rates: dict[str, float]) -> None:
+def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float]]) -> None:
     """Part 2: the same reconstruction through ``ds.recon.fill`` on a Zarr cube (needs the accessor)."""
     try:
         import xarray as xr
@@ -113,20 +122,18 @@ def through_fill(n: int, repeat: int, kernel_rates: dict[str, float]) -> None:
         print(f"Part 2: ds.recon.fill on a Zarr cube {side} x {side} px, chunks 64 x 64, synchronous scheduler")
         import dask
 
+        print(f"  {'':<26s} {'series/s (cpu)':>15s} {'(wall)':>10s}   fraction of the kernel alone (cpu)")
         for label, name, options in CASES:
             if label not in kernel_rates or isinstance(options.get("lam"), str):
                 continue
 
-            def run(name: str = name) -> None:
+            def run(name: str = name, options: dict = options) -> None:
                 with dask.config.set(scheduler="synchronous"):
-                    lazy.recon.fill(method=name).compute()
+                    lazy.recon.fill(method=name, **options).compute()
 
             run()
-            rate = best_rate(run, side * side, repeat)
-            print(
-                f"  {label:<26s} {rate:>12,.0f} series/s   "
-                f"{rate / kernel_rates[label]:5.2f} of the kernel alone"
-            )
+            cpu, wall = best_rate(run, side * side, repeat)
+            print(f"  {label:<26s} {cpu:>15,.0f} {wall:>10,.0f}   {cpu / kernel_rates[label][0]:5.2f}")
 
 
 def main() -> None:
@@ -135,6 +142,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="only the methods with a goal")
     args = parser.parse_args()
+    # zarr's notes about v3 string dtypes and consolidated metadata are not what this script measures
+    warnings.filterwarnings("ignore", module="zarr")
     rates = kernels(args.pixels, args.repeat, args.quick)
     through_fill(args.pixels, args.repeat, rates)
 

@@ -214,6 +214,18 @@ def test_linear_reproduces_a_line():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_linear_equals_np_interp():
+    # np.interp holds the end values outside the data: the same rule as edges="hold"
+    values, valid, t = make_data(n=60, nt=40, nc=2, cloudy=0.7, seed=17)
+    rng = np.random.default_rng(17)
+    tq = np.concatenate([rng.uniform(t[0] - 30, t[-1] + 30, 30), t[::5]])
+    out = fill_linear(values, valid, t, tq)
+    for i in np.flatnonzero(valid.any(axis=1)):
+        for c in range(2):
+            expected = np.interp(tq, t[valid[i]], values[i, valid[i], c])
+            np.testing.assert_allclose(out[i, :, c], expected, rtol=1e-6, atol=1e-7)
+
+
 def test_linear_between_neighbours():
     values = np.array([[[1.0], [99.0], [3.0], [5.0]]], dtype=np.float32)
     valid = np.array([[True, False, True, True]])
