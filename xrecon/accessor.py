@@ -104,3 +104,21 @@ class ReconAccessor:
             device=device,
             **options,
         )
+
+    def evaluate(
+        self,
+        methods: Any = ("linear", "harmonic", "whittaker"),
+        *,
+        holdout: float = 0.2,
+        seed: int = 0,
+        checkpoint: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Hide ``holdout`` of the clear observations, reconstruct them with each method and score them.
+
+        Returns a :class:`pandas.DataFrame` with one row per method and band and columns ``mae``,
+        ``rmse``, ``r2``; see :func:`xrecon.evaluate.evaluate` for all options.
+        """
+        from xrecon.evaluate import evaluate
+
+        return evaluate(self._ds, methods, holdout=holdout, seed=seed, checkpoint=checkpoint, **kwargs)

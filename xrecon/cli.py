@@ -1,4 +1,4 @@
-"""The ``xrecon`` command line: ``fill``, ``demo`` (and, with the training utilities, ``train``, ``evaluate``).
+"""The ``xrecon`` command line: ``fill``, ``evaluate``, ``demo``.
 
 Examples
 --------
@@ -6,6 +6,7 @@ Examples
 
     xrecon fill IN.zarr OUT.zarr --method whittaker --query-times 2019-01-01/2019-12-31/5D
     xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
+    xrecon evaluate IN.zarr --methods linear,whittaker --holdout 0.2 --by-gap
     xrecon demo --out xrecon-demo
 """
 
@@ -79,6 +80,31 @@ def _cmd_fill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import xrecon  # noqa: F401  (registers the accessor)
+    from xrecon.io import open_cube
+
+    ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
+    table = ds.recon.evaluate(
+        [m.strip() for m in args.methods.split(",") if m.strip()],
+        holdout=args.holdout,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        optical=args.optical,
+        sar=args.sar,
+        mask=args.mask,
+        by_gap=args.by_gap,
+    )
+    with pd.option_context("display.width", 160, "display.max_rows", 500):
+        print(table.round(5).to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from xrecon.demo import run_demo
 
@@ -116,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace OUTPUT once the new one is complete")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fill)
+
+    e = sub.add_parser("evaluate", help="hide clear observations, reconstruct them, print MAE/RMSE/R2")
+    e.add_argument("input", help="input cube: Zarr store or netCDF file")
+    e.add_argument("--methods", default="linear,harmonic,whittaker", help="comma-separated method names")
+    e.add_argument("--holdout", type=float, default=0.2, help="share of clear observations hidden")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
+    e.add_argument("--optical", default="optical")
+    e.add_argument("--sar", default="sar")
+    e.add_argument("--mask", default=None)
+    e.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=512,x=512")
+    e.add_argument("--by-gap", action="store_true", help="also score by gap length")
+    e.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    e.set_defaults(func=_cmd_evaluate)
 
     d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure")
     d.add_argument("--out", default="xrecon-demo", help="output folder")

@@ -287,6 +287,9 @@ def _finish(
     grid_mapping = cube.optical.attrs.get("grid_mapping") or cube.optical.encoding.get("grid_mapping")
     if grid_mapping is None and "spatial_ref" in out.coords:
         grid_mapping = "spatial_ref"
+    if grid_mapping is not None and grid_mapping in ds.variables and grid_mapping not in out.coords:
+        # A cube reopened from Zarr holds its CRS variable as a data variable: carry it as a coordinate.
+        out = out.assign_coords({grid_mapping: ds[grid_mapping].variable})
     if grid_mapping is not None:
         out["optical"].attrs["grid_mapping"] = grid_mapping
         out["observed"].attrs["grid_mapping"] = grid_mapping
