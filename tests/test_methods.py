@@ -408,6 +408,12 @@ def test_whittaker_nearly_coinciding_dates():
     h = (t2[-1] - t2[0]) / (t2.size - 1)
     z = dense_whittaker(np.where(valid[0, :, None], values[0], 0.0), valid[0] * twice, t, 1e4, 2, h)
     np.testing.assert_allclose(out[0], z, rtol=1e-5, atol=1e-6)
+    # dense queries (every 40 minutes) do not chain into one node: they follow the smooth
+    tq = np.arange(t[10], t[14], 40 / 1440)
+    dense = fill_whittaker(values, valid, t, tq)
+    np.testing.assert_allclose(dense[:, 0], fill_whittaker(values, valid, t, tq[:1])[:, 0], atol=1e-3)
+    np.testing.assert_allclose(dense[:, -1], fill_whittaker(values, valid, t, tq[-1:])[:, 0], atol=1e-3)
+    assert np.abs(np.diff(dense, axis=1)).max() < 1e-3
 
 
 def test_whittaker_fewer_observations_than_order_is_linear():

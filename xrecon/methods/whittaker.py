@@ -5,7 +5,8 @@ observation and query dates,
 
     sum_i w_i (y_i - z_i)^2  +  lam * sum_r (s_r / h) (D z)_r^2
 
-- ``w_i`` is 1 at a clear observation and 0 elsewhere (cloudy dates and query-only dates);
+- ``w_i`` is 1 at a clear observation and 0 elsewhere (cloudy dates and query-only dates); dates closer
+  than one hour are one node of the grid, where the weights of their observations add up;
 - ``D`` takes differences of order ``d`` divided by the spacing, scaled by ``d!`` so that ``D z``
   approximates the d-th derivative of ``z`` in reflectance per day^d, on any spacing;
 - ``s_r = (g[r + d] - g[r]) / d`` is the span of difference ``r``, so that the penalty approximates the
@@ -19,6 +20,9 @@ response falls to one half at a period of about ``2 pi lam^(1 / (2d))`` days.
 The system ``(W + lam P) z = W y`` is banded (half bandwidth d) and differs between pixels only through W:
 it is factorised as L D L' with a loop over the grid dates whose every step is a numpy operation over all
 pixels of a block, and one factorisation serves every band.
+
+A pixel with fewer than d clear dates has no unique smooth (every polynomial of degree < d through them
+costs nothing): it is interpolated linearly, the lowest-degree choice.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ _MERGE_DAYS = 1.0 / 24.0
 
 
 def default_lambda(order: int = 2) -> float:
-    """The default smoothing, ``(10 days)^(2 * order)``: a half-power period of about 2 pi 10 = 63 days.
+    """The default smoothing, ``(10 days)^(2 * order)``: the response is one half at a period of 2 pi 10 = 63 days.
 
     On 5-day Sentinel-2 dates and ``order=2`` this is the classical ``lambda = 1e4 / 5**4 = 16``.
 
@@ -92,11 +96,10 @@ def _penalty_bands(g: np.ndarray, d: int, h: float) -> np.ndarray:
         return out
     dband = _difference_bands(g, d)  # (n - d, d + 1)
     s = (g[d:] - g[:-d]) / (d * h)
-    rows = np.arange(n - d)
     for a in range(d + 1):
         for b in range(a, d + 1):
             # D[r, r + a] * D[r, r + b] contributes to P[r + b, r + a], i.e. band b - a at row r + b
-            np.add.at(out[b - a], rows + b, s * dband[:, a] * dband[:, b])
+            out[b - a, b : b + n - d] += s * dband[:, a] * dband[:, b]
     return out
 
 
@@ -228,7 +231,17 @@ def _grid(t: np.ndarray, tq: np.ndarray) -> _Grid:
     # Dates closer than _MERGE_DAYS (tiles of one overpass seconds apart; a query at midnight next to a
     # 10:30 observation) would put tiny spacings in the divided differences and ruin the conditioning of
     # the system; they are one node, at their mean date.
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(raw) > _MERGE_DAYS) + 1])
+    if raw.size < 2 or np.diff(raw).min() > _MERGE_DAYS:
+        starts = np.arange(raw.size)
+    else:
+        # a node spans at most _MERGE_DAYS from its first date, so that dense queries (hourly, say) do not
+        # chain into one node; a loop over the dates of the grid, once per call
+        first, kept = raw[0], [0]
+        for i in range(1, raw.size):
+            if raw[i] - first > _MERGE_DAYS:
+                first = raw[i]
+                kept.append(i)
+        starts = np.array(kept)
     counts = np.diff(np.append(starts, raw.size))
     times = np.add.reduceat(raw, starts) / counts
     node_of_raw = np.repeat(np.arange(starts.size), counts)
