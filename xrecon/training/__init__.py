@@ -1,0 +1,28 @@
+"""Training data: pixel streams from cubes, gap simulation, losses, normalization statistics.
+
+See ``docs/training-data.md`` for the batch format and how resuming and sharding work.
+"""
+
+from xrecon.training.gaps import GapConfig, hide_random, hide_runs, hide_transplant, simulate_gaps
+from xrecon.training.losses import LossTerms, masked_error, reconstruction_loss, take_days, total_variation
+from xrecon.training.stats import NormStats, compute_stats, standardize_batch
+from xrecon.training.stream import PixelStream, collate_pixels, pixel_loader
+
+__all__ = [
+    "GapConfig",
+    "LossTerms",
+    "NormStats",
+    "PixelStream",
+    "collate_pixels",
+    "compute_stats",
+    "hide_random",
+    "hide_runs",
+    "hide_transplant",
+    "masked_error",
+    "pixel_loader",
+    "reconstruction_loss",
+    "simulate_gaps",
+    "standardize_batch",
+    "take_days",
+    "total_variation",
+]
