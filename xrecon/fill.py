@@ -67,6 +67,8 @@ class FillSpec:
     device: str | None = None
     bands: tuple[str, ...] = field(default=())
     sar_bands: tuple[str, ...] | None = None
+    model_bands: tuple[int, ...] | None = None  # cube band index of each model input band
+    model_sar_bands: tuple[int, ...] | None = None  # likewise for SAR; None = SAR not used
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def _run_method(
 ) -> np.ndarray:
     """(N, T, C), (N, T), (N, Ts, S) -> (N, Tq, C) float32, for one slab of pixels."""
     if spec.method in NEURAL_METHODS:
-        from xrecon.models import run_block  # torch is imported only where a network runs
+        from xrecon.neural import run_block  # torch is imported only where a network runs
 
         return run_block(spec, values, valid, sar)
     kernel = methods.get_method(spec.method)
@@ -128,9 +130,8 @@ def fill_block(
 
     n_query = len(spec.query_times)
     filled = np.empty((values.shape[0], n_query, n_band), dtype=np.float32)
-    slab = spec.batch_size * 8 if spec.method in NEURAL_METHODS and spec.batch_size else _SLAB_PIXELS
-    for start in range(0, values.shape[0], slab):
-        part = slice(start, start + slab)
+    for start in range(0, values.shape[0], _SLAB_PIXELS):
+        part = slice(start, start + _SLAB_PIXELS)
         filled[part] = _run_method(spec, values[part], valid[part], None if sar is None else sar[part])
 
     observed = np.zeros((values.shape[0], n_query), dtype=bool)
@@ -202,10 +203,16 @@ def fill(
     """
     cube = validate(ds, optical=optical, sar=sar, mask=mask)
     if not isinstance(method, str):
-        raise MethodError(
-            f"method must be a name among {methods.list_methods() + list(NEURAL_METHODS)}; "
-            f"got {type(method).__name__}"
-        )
+        if not (hasattr(method, "save") and getattr(method, "name", None) in NEURAL_METHODS):
+            raise MethodError(
+                f"method must be a name among {methods.list_methods() + list(NEURAL_METHODS)} or an xrecon "
+                f"model; got {type(method).__name__}"
+            )
+        if checkpoint is not None:
+            raise MethodError("give either a model object as method= or checkpoint=, not both")
+        from xrecon.neural import model_to_checkpoint
+
+        method, checkpoint = method.name, model_to_checkpoint(method)
     if method not in methods.list_methods() and method not in NEURAL_METHODS:
         methods.get_method(method)  # raises MethodError listing the classical methods
     ckpt_path, ckpt_hash = _check_checkpoint(checkpoint)
@@ -215,7 +222,12 @@ def fill(
         raise MethodError(f"method {method!r} takes no checkpoint; checkpoints are for {NEURAL_METHODS}")
 
     query = parse_query_times(query_times, cube.times)
-    use_sar = cube.sar is not None and method in NEURAL_METHODS
+    model_bands = model_sar_bands = None
+    if method in NEURAL_METHODS:
+        from xrecon.neural import check_model
+
+        model_bands, model_sar_bands = check_model(method, ckpt_path, ckpt_hash, cube.bands, cube.sar_bands, options)
+    use_sar = model_sar_bands is not None
     spec = FillSpec(
         method=method,
         times=tuple(cube.times.asi8.tolist()),
@@ -231,6 +243,8 @@ def fill(
         device=device,
         bands=tuple(cube.bands),
         sar_bands=tuple(cube.sar_bands) if use_sar else None,
+        model_bands=model_bands,
+        model_sar_bands=model_sar_bands,
     )
     _check_options(spec, len(cube.bands))
 
