@@ -513,3 +513,28 @@ def test_standardize_batch_uses_stats_and_zeros_the_unobserved():
     sv = batch["sar_valid"]
     assert (out["sar"][~sv] == 0).all() and out["sar"][sv].abs().mean() < 3
     assert out["doy"] is batch["doy"]
+
+
+def test_batches_train_anytimeformer():
+    """The batch format is what the model and the losses take: one step of the documented loop."""
+    from xrecon.models.anytimeformer import AnytimeFormer, AnytimeFormerConfig
+    from xrecon.testing import synthetic_cube
+    from xrecon.training import reconstruction_loss, take_days
+
+    ds = synthetic_cube(ny=8, nx=8, seed=0, chunks=4)
+    stats = compute_stats(ds)
+    stream = PixelStream(ds, seed=0, batch_size=16, gaps=GapConfig())
+    batch = next(iter(pixel_loader(stream)))
+    torch.manual_seed(0)
+    model = AnytimeFormer(AnytimeFormerConfig(n_optical_bands=4, d_model=16, d_inner=8, d_k=4, d_v=4))
+    model.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
+    model.train()
+    b = standardize_batch(batch, stats)
+    doy, sar_doy = b["doy"][0], b["sar_doy"][0]
+    daily = torch.arange(1, 367, dtype=torch.float32)
+    dense = model(b["optical"], doy, daily, b["sar"], sar_doy)  # (B, 366, C)
+    pred = take_days(dense, 1, b["doy"])
+    terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], dense=dense)
+    assert torch.isfinite(terms.total) and terms.imputation > 0 and terms.tv > 0
+    terms.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
