@@ -295,11 +295,17 @@ def _run(
         w = np.zeros((g.size, nb))
         w[grid.obs_nodes] = per_node(vb.T.astype(np.float64))
         w[:, few[sl]] = 1.0
-        # where(), not multiplication by w: NaN * 0 is NaN and garbage must not leak
-        y = np.where(vb[:, :, None], values[sl], 0.0).transpose(1, 2, 0)  # (T, C, B)
-        rhs = np.empty((g.size, nc, nb))
-        rhs[grid.query_only] = 0.0
-        rhs[grid.obs_nodes] = per_node(y)
+        # (T, C, B) float64, C-ordered for the recursions; zeros written over what is not clear (not a
+        # product with the weights: NaN * 0 is NaN, and garbage must not leak)
+        y = np.empty((nt, nc, nb))
+        np.copyto(y, values[sl].transpose(1, 2, 0))
+        np.copyto(y, 0.0, where=~vb.T[:, None, :])
+        if grid.groups is None and not grid.query_only.size:
+            rhs = y  # one node per observation date and nothing else (tq within t): no copy
+        else:
+            rhs = np.empty((g.size, nc, nb))
+            rhs[grid.query_only] = 0.0
+            rhs[grid.obs_nodes] = per_node(y)
         if isinstance(lam, str):
             sq = np.zeros_like(rhs)
             sq[grid.obs_nodes] = per_node(np.square(y, dtype=np.float64))
@@ -308,7 +314,14 @@ def _run(
             low, dinv = _factor(w, lam, pen)
             z = _solve(low, dinv, rhs)
             lam_b = np.full((nb, nc), lam)
-        out[sl] = z[gidx[sl], :, np.arange(nb)[:, None]]
+        # Read off at the (clamped) query nodes. When most nodes are read, turning z pixel-major first and
+        # gathering rows of C bands is fastest; when few are (queries between observations), index directly.
+        if g.size <= 1.25 * tq.size:
+            z_rows = np.array(z.reshape(g.size * nc, nb).T, dtype=np.float32, order="C")
+            np.take(z_rows.reshape(nb * g.size, nc), gidx[sl] + (np.arange(nb) * g.size)[:, None], axis=0,
+                    out=out[sl])
+        else:
+            out[sl] = z[gidx[sl], :, np.arange(nb)[:, None]]
         lam_out[sl] = lam_b
 
     if few.any():
