@@ -140,7 +140,8 @@ def test_epochs_reorder_the_same_pixels():
     ds = make_cube(1)
     stream = PixelStream(ds, seed=0, buffer_size=30)
     e0 = ids(stream)
-    stream.set_epoch(1)
+    stream.mark_consumed({"shard": torch.zeros(5, dtype=torch.int64)})
+    stream.set_epoch(1)  # another epoch: starts from its beginning
     e1 = ids(stream)
     assert e0 != e1 and sorted(e0) == sorted(e1)
     assert not np.array_equal(stream.block_order(0), stream.block_order(1))
@@ -211,6 +212,7 @@ def test_restart_from_saved_state_continues_identically(stream_batches):
 
     resumed = PixelStream(ds, **kwargs)  # a new process, say
     resumed.load_state_dict(state)
+    resumed.set_epoch(state["epoch"])  # as a loop does first thing: must not forget the state
     rest = list(pixel_loader(resumed, batch_size=None if stream_batches else 16))
     assert len(done) + len(rest) == len(full)
     for a, b in zip(done + rest, full, strict=True):

@@ -332,15 +332,19 @@ class PixelStream(IterableDataset):
 
     # -- epochs and resuming ---------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Stream ``epoch`` on the next iteration (another block order), forgetting what was consumed.
+        """Stream ``epoch`` on the next iteration (another block order).
 
         Call it before creating the DataLoader iterator of each epoch; with ``persistent_workers``
-        the workers would keep their old copy of the stream, so leave that option off.
+        the workers would keep their old copy of the stream, so leave that option off. Moving to
+        another epoch forgets what :meth:`mark_consumed` counted; setting the current epoch again
+        keeps it, so a loop that calls ``set_epoch(epoch)`` first thing still resumes mid-epoch
+        after :meth:`load_state_dict`.
         """
         if epoch < 0:
             raise XreconError(f"epoch must be >= 0, got {epoch}")
+        if int(epoch) != self.epoch:
+            self._consumed = Counter()
         self.epoch = int(epoch)
-        self._consumed = Counter()
 
     def mark_consumed(self, batch: Mapping[str, Any]) -> None:
         """Record that the training loop used ``batch`` (counts its samples per shard, for resuming)."""
