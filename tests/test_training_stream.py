@@ -184,6 +184,20 @@ def test_ranks_and_workers_split_blocks_without_duplicates_or_losses(world_size,
     assert set().union(*shard_of_block.values()) == set(range(world_size * max(num_workers, 1)))
 
 
+def test_a_subset_of_blocks_streams_only_those_blocks():
+    ds = make_cube(26, ny=8, nx=10, chunks=(4, 5))  # 2 x 2 blocks
+    full = PixelStream(ds, seed=0, min_obs=2)
+    held_out = full.blocks[[0, 3]]
+    train = PixelStream(ds, seed=0, min_obs=2, blocks=full.blocks[[2, 1]])
+    valid = PixelStream(ds, seed=0, min_obs=2, blocks=held_out[::-1])
+    assert train.n_blocks == valid.n_blocks == 2 and np.array_equal(valid.blocks, held_out)
+    a, b = set(ids(train)), set(ids(valid))
+    assert not a & b and a | b == eligible(ds, 2)
+    assert {(y // 4, x // 5) for _, y, x, _ in b} == {(0, 0), (1, 1)}
+    with pytest.raises(XreconError, match="block grid"):
+        PixelStream(ds, blocks=[(0, 5, 0)])
+
+
 def test_rank_from_torch_distributed_when_not_given(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)

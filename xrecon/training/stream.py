@@ -184,6 +184,9 @@ class PixelStream(IterableDataset):
     scheduler : str, optional
         Dask scheduler for reading a block; default ``"synchronous"`` inside DataLoader workers
         (they are the parallelism) and dask's configured default in the main process.
+    blocks : array-like of (cube, block row, block column), optional
+        Read only these blocks (rows as :meth:`block_order` gives them), e.g. to hold out spatial
+        blocks for validation; default all. The block grid is the same either way.
 
     Notes
     -----
@@ -223,6 +226,7 @@ class PixelStream(IterableDataset):
         world_size: int | None = None,
         batch_size: int | None = None,
         scheduler: str | None = None,
+        blocks: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if isinstance(cubes, xr.Dataset):
@@ -264,6 +268,13 @@ class PixelStream(IterableDataset):
              for iy in range(len(info.y_edges) - 1) for ix in range(len(info.x_edges) - 1)],
             dtype=np.int64,
         ).reshape(-1, 3)
+        if blocks is not None:
+            # Grid order whatever the caller's, so the same subset always streams the same way.
+            wanted = {tuple(int(v) for v in b) for b in np.asarray(blocks, dtype=np.int64).reshape(-1, 3)}
+            unknown = wanted - {tuple(t) for t in self._tasks.tolist()}
+            if unknown:
+                raise XreconError(f"blocks {sorted(unknown)[:5]} are not blocks of the cubes' block grid")
+            self._tasks = self._tasks[[tuple(t) in wanted for t in self._tasks.tolist()]].reshape(-1, 3)
         self.min_obs = int(min_obs)
         self.buffer_size = int(buffer_size)
         self.gaps = gaps
@@ -287,6 +298,11 @@ class PixelStream(IterableDataset):
     def n_blocks(self) -> int:
         """Blocks per epoch, all cubes together."""
         return len(self._tasks)
+
+    @property
+    def blocks(self) -> np.ndarray:
+        """The blocks this stream reads, ``(n_blocks, 3)`` rows of (cube, block row, block column), in grid order."""
+        return self._tasks.copy()
 
     @property
     def bands(self) -> list[str]:
