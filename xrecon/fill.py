@@ -98,6 +98,39 @@ def _pass_through_index(spec: FillSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(hit), pos[hit]
 
 
+def _all_bands_finite(values: np.ndarray) -> np.ndarray:
+    """(N, T, C) -> (N, T) True where every band is finite.
+
+    Summing the bands (NaN and inf propagate) is ~10x faster than ``isfinite(values).all(-1)``,
+    whose reduction over a short last axis dominated the whole block for the fast kernels.
+    """
+    total = values[..., 0].astype(np.float32, copy=True)
+    for band in range(1, values.shape[-1]):
+        total += values[..., band]
+    return np.isfinite(total)
+
+
+def _copy_spectra(dst: np.ndarray, src: np.ndarray, where: np.ndarray) -> None:
+    """dst[n, t, :] = src[n, t, :] where where[n, t]; (N, T, C) float32 arrays, (N, T) mask.
+
+    Seen as one opaque C x 4-byte item per (n, t), the masked copy needs no broadcast mask and runs
+    about 3x faster than ``np.copyto(dst, src, where=where[..., None])``.
+    """
+    item = dst.dtype.itemsize * dst.shape[-1]
+    if src.dtype == dst.dtype and dst.strides[-1] == src.strides[-1] == dst.dtype.itemsize:
+        spectrum = np.dtype((np.void, item))
+        np.copyto(dst.view(spectrum)[..., 0], src.view(spectrum)[..., 0], where=where)
+    else:
+        np.copyto(dst, src, where=where[..., None], casting="unsafe")
+
+
+def _as_slice(index: np.ndarray) -> slice | None:
+    """A slice equal to an increasing run of consecutive indices, else None."""
+    if index.size and index[-1] - index[0] + 1 == index.size and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return None
+
+
 def fill_block(
     optical: np.ndarray, *rest: np.ndarray, spec: FillSpec
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +152,10 @@ def fill_block(
     """
     lead = optical.shape[:-2]
     n_time, n_band = optical.shape[-2:]
-    values = optical.reshape(-1, n_time, n_band)
-    valid = np.isfinite(values).all(axis=-1)
+    # Blocks arrive as transposed views of (time, band, y, x) chunks; one contiguous copy (about 1 ms per
+    # 4096 pixels) makes every later step run on unit-stride spectra.
+    values = np.ascontiguousarray(optical.reshape(-1, n_time, n_band))
+    valid = _all_bands_finite(values)
     rest = list(rest)
     if spec.has_mask:
         valid &= rest.pop(0).reshape(-1, n_time).astype(bool)
@@ -129,17 +164,27 @@ def fill_block(
         sar = sar.reshape(-1, *sar.shape[-2:])
 
     n_query = len(spec.query_times)
-    filled = np.empty((values.shape[0], n_query, n_band), dtype=np.float32)
-    for start in range(0, values.shape[0], _SLAB_PIXELS):
-        part = slice(start, start + _SLAB_PIXELS)
-        filled[part] = _run_method(spec, values[part], valid[part], None if sar is None else sar[part])
+    n_pix = values.shape[0]
+    if n_pix <= _SLAB_PIXELS:
+        filled = _run_method(spec, values, valid, sar)  # no copy into a second buffer
+    else:
+        filled = np.empty((n_pix, n_query, n_band), dtype=np.float32)
+        for start in range(0, n_pix, _SLAB_PIXELS):
+            part = slice(start, start + _SLAB_PIXELS)
+            filled[part] = _run_method(spec, values[part], valid[part], None if sar is None else sar[part])
 
-    observed = np.zeros((values.shape[0], n_query), dtype=bool)
+    observed = np.zeros((n_pix, n_query), dtype=bool)
     if spec.keep_observed:
         q_idx, t_idx = _pass_through_index(spec)
-        hit = valid[:, t_idx]  # (N, K): the query time is a clear observation of that pixel
-        observed[:, q_idx] = hit
-        filled[:, q_idx] = np.where(hit[..., None], values[:, t_idx], filled[:, q_idx])
+        if q_idx.size:
+            hit = valid[:, t_idx]  # (N, K): the query time is a clear observation of that pixel
+            observed[:, q_idx] = hit
+            q_run, t_run = _as_slice(q_idx), _as_slice(t_idx)
+            if q_run is not None and t_run is not None:  # the common case (query = optical times): in place
+                _copy_spectra(filled[:, q_run], values[:, t_run], hit)
+            else:  # write only the hits
+                n_hit, k_hit = np.nonzero(hit)
+                filled[n_hit, q_idx[k_hit]] = values[n_hit, t_idx[k_hit]]
     return filled.reshape(*lead, n_query, n_band), observed.reshape(*lead, n_query)
 
 
