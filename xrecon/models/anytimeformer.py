@@ -230,12 +230,11 @@ class Prepared(NamedTuple):
     pos: Tensor  # (T, D) time code of the optical dates
     mask: Tensor | None  # (T, T) bool, True = may attend; None without the diagonal mask
     align: Tensor | None  # (H, T, Ts) optical-to-SAR time-align attention weights; None without SAR input
-    sar_to_fusion: Tensor | None  # (H*S, R*D) SAR mix -> SAR side of the fusion, per rank
-    fusion_shared: Tensor | None  # (T, R*D) SAR side of the fusion for SAR at its mean (pixel-independent)
-    fusion_optical: Tensor | None  # (D, R*D) optical side of the fusion, bias row split off below
-    fusion_optical_bias: Tensor | None  # (R*D,)
-    dec_q: Tensor  # (H, Tq, dk) decoder queries
-    dec_kv: Tensor  # (D, H*dk + H*C) decoder keys, and values folded through output projection and head
+    fusion_w: Tensor | None  # (R, D, D) optical side of the fusion, per rank ...
+    fusion_b: Tensor | None  # (R, D) ... and its bias (the row that multiplies the appended 1)
+    fusion_shared: Tensor | None  # (R, T, D) SAR side of the fusion for SAR at its mean: pixel-independent
+    sar_to_fusion: Tensor | None  # (R, H*S, D) time-aligned SAR mix -> SAR side of the fusion
+    decoder: Tensor  # (D, H*Tq + H*C) decoder scores (queries folded into keys) and values (folded into the head)
     head_bias: Tensor  # (C,)
 
 
@@ -291,35 +290,35 @@ class AnytimeFormer(XreconModel):
     def prepare(self, optical_doy: Tensor, query_doy: Tensor, sar_doy: Tensor | None = None) -> Prepared:
         """Everything that depends on the dates and weights only, not on pixel values."""
         c = self.config
-        H, dk, D, R, C = c.n_heads, c.d_k, c.d_model, c.fusion_rank, c.n_optical_bands
+        H, dk, D, C = c.n_heads, c.d_k, c.d_model, c.n_optical_bands
         dev = self.head.weight.device
         pos = self.time_code(optical_doy.to(dev))  # (T, D)
         T = pos.shape[0]
-        align = sar_to_fusion = fusion_shared = fusion_optical = fusion_optical_bias = None
+        align = fusion_w = fusion_b = fusion_shared = sar_to_fusion = None
         if c.n_sar_bands:
             w_opt, w_sar = self.fusion.w_optical, self.fusion.w_sar  # (R, D+1, D) each
-            # [1, x] @ W_r = W_r[0] + x @ W_r[1:], all ranks side by side: (D, R*D) and (R*D,)
-            fusion_optical = w_opt[:, 1:].permute(1, 0, 2).reshape(D, R * D)
-            fusion_optical_bias = w_opt[:, 0].reshape(R * D)
-            # SAR side input is pos + aligned SAR; the pos part is the same for every pixel
-            fusion_shared = (w_sar[:, 0].unsqueeze(1) + pos @ w_sar[:, 1:]).transpose(0, 1).reshape(T, R * D)
+            # [1, x] @ W_r = W_r[0] + x @ W_r[1:]
+            fusion_w, fusion_b = w_opt[:, 1:], w_opt[:, 0]  # (R, D, D), (R, D)
+            # the SAR side's input is pos + aligned SAR; the pos part is the same for every pixel
+            fusion_shared = w_sar[:, :1] + pos @ w_sar[:, 1:]  # (R, T, D)
             if sar_doy is not None and sar_doy.numel():
                 pos_sar = self.time_code(sar_doy.to(dev))  # (Ts, D)
                 q = self.align.q(pos).view(T, H, dk).transpose(0, 1)  # (H, T, dk)
                 k = self.align.k(pos_sar).view(-1, H, dk).transpose(0, 1)  # (H, Ts, dk)
                 align = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(dk), dim=-1)  # (H, T, Ts)
-                # value path SAR -> embed -> v_h -> proj, per head: (H, S, D); then into the fusion
+                # value path SAR -> embed -> v_h -> proj is linear: one (S, D) map per head
                 sar_map = self.align.folded_values(torch.eye(D, device=dev))  # (H, D, D)
-                sar_map = self.embed_sar.weight.T @ sar_map  # (H, S, D)
-                sar_map = sar_map.reshape(-1, D)  # (H*S, D)
-                sar_to_fusion = (sar_map @ w_sar[:, 1:]).permute(1, 0, 2).reshape(-1, R * D)  # (H*S, R*D)
-        pos_q = self.time_code(query_doy.to(dev))  # (Tq, D)
-        dec_q = self.decoder.q(pos_q).view(-1, H, dk).transpose(0, 1)  # (H, Tq, dk)
-        # decoder values go through v_h, proj and head, all linear: fold them into (D, C) per head
-        dec_v = self.decoder.folded_values(self.head.weight.T)  # (H, D, C)
-        dec_kv = torch.cat([self.decoder.k.weight.T, dec_v.permute(1, 0, 2).reshape(D, H * C)], 1)  # (D, H*dk+H*C)
-        return Prepared(pos, self._diagonal_mask(T, dev), align, sar_to_fusion, fusion_shared, fusion_optical,
-                        fusion_optical_bias, dec_q, dec_kv, self.head.bias)
+                sar_map = (self.embed_sar.weight.T @ sar_map).reshape(-1, D)  # (H*S, D)
+                sar_to_fusion = sar_map @ w_sar[:, 1:]  # (R, H*S, D)
+        # Decoder: its queries are time codes, so q_h . k_h = h @ (W_k,h^T q_h): fold the queries into
+        # the key map. Its values go through v_h, proj and head, all linear: fold them into (D, C) per head.
+        q = self.decoder.q(self.time_code(query_doy.to(dev))).view(-1, H, dk)  # (Tq, H, dk)
+        wk = self.decoder.k.weight.view(H, dk, D)  # (H, dk, D)
+        scores = torch.einsum("qhk,hkd->dhq", q, wk).reshape(D, -1) / math.sqrt(dk)  # (D, H*Tq)
+        values = self.decoder.folded_values(self.head.weight.T)  # (H, D, C)
+        decoder = torch.cat([scores, values.permute(1, 0, 2).reshape(D, H * C)], 1)  # (D, H*Tq + H*C)
+        return Prepared(pos, self._diagonal_mask(T, dev), align, fusion_w, fusion_b, fusion_shared, sar_to_fusion,
+                        decoder, self.head.bias)
 
     def forward_prepared(self, optical: Tensor, prep: Prepared, sar: Tensor | None = None) -> Tensor:
         """The network for one batch given :meth:`prepare`'s output.
@@ -339,31 +338,53 @@ class AnytimeFormer(XreconModel):
         """
         c = self.config
         B, T, _ = optical.shape
-        H, dk, D, R, C = c.n_heads, c.d_k, c.d_model, c.fusion_rank, c.n_optical_bands
+        H, D, C = c.n_heads, c.d_model, c.n_optical_bands
         h = self.embed_optical(optical) + prep.pos  # (B, T, D)
         for block in self.encoder:
             for _ in range(c.n_group_inner_layers):
                 h = block(h, prep.mask)  # (B, T, D)
         if c.n_sar_bands:
-            x = torch.addmm(prep.fusion_optical_bias, h.reshape(B * T, D), prep.fusion_optical)  # (B*T, R*D)
-            x = x.view(B, T, R, D)
-            y = prep.fusion_shared  # (T, R*D): SAR at its mean
-            if prep.align is not None and sar is not None:
-                a = prep.align
-                if self.training and c.dropout:
-                    a = F.dropout(a.expand(B, *a.shape), c.dropout)  # (B, H, T, Ts): per-pixel dropout
-                mix = (a @ sar.unsqueeze(1).to(a.dtype)).transpose(1, 2).reshape(B, T, -1)  # (B, T, H*S)
-                y = y + mix @ prep.sar_to_fusion  # (B, T, R*D)
-            h = (x * y.view(-1, T, R, D)).sum(2)  # (B, T, D)
-            h = self.fusion_block(h)  # (B, T, D)
-        kv = h @ prep.dec_kv  # (B, T, H*dk + H*C)
-        k, v = kv.split([H * dk, H * C], dim=-1)
-        k = k.view(B, T, H, dk).transpose(1, 2)  # (B, H, T, dk)
-        v = v.view(B, T, H, C).transpose(1, 2)  # (B, H, T, C)
-        q = prep.dec_q.to(k.dtype).expand(B, -1, -1, -1)  # (B, H, Tq, dk)
-        p = c.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, Tq, C)
-        return out.sum(1) + prep.head_bias  # (B, Tq, C)
+            h = self.fusion_block(self._fuse(h, prep, sar))  # (B, T, D)
+        Tq = (prep.decoder.shape[1] - H * C) // H
+        sv = (h.reshape(B * T, D) @ prep.decoder).view(B, T, -1)  # (B, T, H*Tq + H*C)
+        scores, values = sv.split([H * Tq, H * C], dim=-1)  # (B, T, H*Tq), (B, T, H*C)
+        w = torch.softmax(scores, dim=1)  # (B, T, H*Tq): attention over the optical dates
+        w = F.dropout(w, c.dropout, self.training)
+        out = None
+        for i in range(H):
+            w_i = w[:, :, i * Tq:(i + 1) * Tq].transpose(1, 2)  # (B, Tq, T)
+            v_i = values[:, :, i * C:(i + 1) * C]  # (B, T, C)
+            out = torch.bmm(w_i, v_i) if out is None else torch.baddbmm(out, w_i, v_i)  # (B, Tq, C)
+        return out + prep.head_bias  # (B, Tq, C)
+
+    def _fuse(self, h: Tensor, prep: Prepared, sar: Tensor | None) -> Tensor:
+        """Low-rank fusion of encoded optical ``h`` (B, T, D) with time-aligned SAR, rank by rank.
+
+        Rank by rank keeps the temporaries at (B, T, D) instead of (B, T, R*D).
+        """
+        B, T, D = h.shape
+        mix = None  # (B*T, H*S): per optical date, each head's attention-weighted SAR
+        if prep.align is not None and sar is not None:
+            a = prep.align  # (H, T, Ts)
+            H, _, Ts = a.shape
+            S = sar.shape[-1]
+            sar = sar.to(a.dtype)
+            if self.training and self.config.dropout:
+                a = F.dropout(a.expand(B, H, T, Ts), self.config.dropout)  # per-pixel dropout
+                mix = (a @ sar.unsqueeze(1)).transpose(1, 2).reshape(B * T, H * S)
+            else:
+                # one product for the whole batch: (H*T, Ts) @ (Ts, B*S)
+                mix = a.reshape(H * T, Ts) @ sar.permute(1, 0, 2).reshape(Ts, B * S)  # (H*T, B*S)
+                mix = mix.view(H, T, B, S).permute(2, 1, 0, 3).reshape(B * T, H * S)
+        hx = h.reshape(B * T, D)
+        fused = None
+        for r in range(prep.fusion_w.shape[0]):
+            x = torch.addmm(prep.fusion_b[r], hx, prep.fusion_w[r]).view(B, T, D)  # (B, T, D) optical side
+            y = prep.fusion_shared[r]  # (T, D) SAR side, SAR at its mean
+            if mix is not None:
+                y = (mix @ prep.sar_to_fusion[r]).view(B, T, D).add_(y)  # (B, T, D)
+            fused = x * y if fused is None else fused.addcmul_(x, y)  # (B, T, D)
+        return fused
 
     def forward(self, optical: Tensor, optical_doy: Tensor, query_doy: Tensor, sar: Tensor | None = None,
                 sar_doy: Tensor | None = None) -> Tensor:
@@ -424,7 +445,7 @@ class AnytimeFormer(XreconModel):
 
     def default_batch_size(self, device: torch.device) -> int:
         """Pixels per batch: enough to keep matrix products efficient, few enough to stay in cache/memory."""
-        return 256 if device.type == "cpu" else 8192
+        return 64 if device.type == "cpu" else 8192
 
     def predict_pixels(
         self,
@@ -623,7 +644,7 @@ def from_official(
     n_heads: int = 4,
     n_group_inner_layers: int = 1,
     diagonal_mask: bool = True,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = None,
 ) -> AnytimeFormer:
     """An :class:`AnytimeFormer` with the weights of an official AnytimeFormer release file.
 
@@ -647,7 +668,7 @@ def from_official(
     n_heads, n_group_inner_layers, diagonal_mask
         Settings the weights cannot tell; the defaults are the official configuration.
     device
-        Where to put the model.
+        Where to put the model: None = "cuda" if available, else "cpu".
 
     Raises
     ------
