@@ -122,3 +122,19 @@ class ReconAccessor:
         from xrecon.evaluate import evaluate
 
         return evaluate(self._ds, methods, holdout=holdout, seed=seed, checkpoint=checkpoint, **kwargs)
+
+    def train(self, method: str = "anytimeformer", *, out: str | os.PathLike, **kwargs: Any) -> Any:
+        """Train a network on this cube (self-supervised) and return the best checkpoint's path.
+
+        ``ds.recon.fill(method=method, checkpoint=path)`` then uses it. See :func:`xrecon.training.train`
+        for the options (``steps``, ``batch_size``, ``seed``, ``device``, ``validation_fraction``,
+        ``init``, ``model``, ``resume``...).
+
+        Examples
+        --------
+        >>> ckpt = ds.recon.train(out="model.xrecon", model="small", steps=2000)  # doctest: +SKIP
+        >>> filled = ds.recon.fill("5D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
+        """
+        from xrecon.training.trainer import train
+
+        return train(self._ds, out, method=method, **kwargs)

@@ -1,4 +1,4 @@
-"""The ``xrecon`` command line: ``fill``, ``evaluate``, ``demo``.
+"""The ``xrecon`` command line: ``fill``, ``evaluate``, ``train``, ``demo``.
 
 Examples
 --------
@@ -7,6 +7,7 @@ Examples
     xrecon fill IN.zarr OUT.zarr --method whittaker --query-times 2019-01-01/2019-12-31/5D
     xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
     xrecon evaluate IN.zarr --methods linear,whittaker --holdout 0.2 --by-gap
+    xrecon train IN.zarr model.xrecon --preset small --steps 2000 --mask clear
     xrecon demo --out xrecon-demo
 """
 
@@ -105,6 +106,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import xrecon  # noqa: F401  (registers the accessor)
+    from xrecon.io import open_cube
+    from xrecon.training.trainer import training_files
+
+    ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
+    options = dict(_parse_option(o) for o in args.option)
+    best = ds.recon.train(
+        method=args.method,
+        out=args.output,
+        model=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        validation_fraction=args.validation_fraction,
+        init=args.init,
+        optical=args.optical,
+        sar=None if args.no_sar else args.sar,
+        mask=args.mask,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        **options,
+    )
+    _, last, log = training_files(best)
+    print(f"wrote {best} (best), {last} (last, resumable) and {log}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from xrecon.demo import run_demo
 
@@ -156,6 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--by-gap", action="store_true", help="also score by gap length")
     e.add_argument("--csv", default=None, help="also write the table to this CSV file")
     e.set_defaults(func=_cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint")
+    t.add_argument("input", help="input cube: Zarr store or netCDF file")
+    t.add_argument("output", help="best checkpoint; the last one and a CSV log are written beside it")
+    t.add_argument("--method", default="anytimeformer", help="network to train")
+    t.add_argument("--preset", default="official", help="architecture: official | small | optical-only")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=int, default=None, help="pixels per step (default 256)")
+    t.add_argument("--seed", type=int, default=None, help="seed of hold-out, data order, gaps, weights")
+    t.add_argument("--device", default=None, help="torch device; default cuda if available")
+    t.add_argument("--validation-fraction", type=float, default=None, help="share of spatial blocks held out")
+    t.add_argument("--init", default=None, help="fine-tune from this xrecon checkpoint")
+    t.add_argument("--optical", default="optical", help="optical variable name")
+    t.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
+    t.add_argument("--no-sar", action="store_true", help="ignore SAR: train an optical-only network")
+    t.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
+    t.add_argument("--option", action="append", default=[],
+                   help="training or architecture option KEY=VALUE, e.g. lr=5e-4, d_model=64 (repeatable)")
+    t.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=256,x=256")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start again over files of an earlier run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure")
     d.add_argument("--out", default="xrecon-demo", help="output folder")

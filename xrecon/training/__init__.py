@@ -1,18 +1,21 @@
-"""Training data: pixel streams from cubes, gap simulation, losses, normalization statistics.
+"""Training: pixel streams from cubes, gap simulation, losses, normalization statistics, the trainer.
 
-See ``docs/training-data.md`` for the batch format and how resuming and sharding work.
+See ``docs/training-data.md`` for the batch format and how resuming and sharding work, and
+``docs/training.md`` for :func:`train`.
 """
 
 from xrecon.training.gaps import GapConfig, hide_random, hide_runs, hide_transplant, simulate_gaps
 from xrecon.training.losses import LossTerms, masked_error, reconstruction_loss, take_days, total_variation
 from xrecon.training.stats import NormStats, compute_stats, standardize_batch
 from xrecon.training.stream import PixelStream, collate_pixels, pixel_loader
+from xrecon.training.trainer import TrainConfig, train, training_files
 
 __all__ = [
     "GapConfig",
     "LossTerms",
     "NormStats",
     "PixelStream",
+    "TrainConfig",
     "collate_pixels",
     "compute_stats",
     "hide_random",
@@ -25,4 +28,6 @@ __all__ = [
     "standardize_batch",
     "take_days",
     "total_variation",
+    "train",
+    "training_files",
 ]

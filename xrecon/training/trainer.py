@@ -1,0 +1,797 @@
+"""Training AnytimeFormer on one's own cubes: spatial validation, checkpoints, resuming.
+
+:func:`train` is a short loop in the manner of nanoGPT: a :class:`TrainConfig` of training settings
+(the architecture is separate, an :class:`~xrecon.models.anytimeformer.AnytimeFormerConfig` or a
+preset name), a :class:`~xrecon.training.stream.PixelStream` over the training blocks, AdamW with
+linear warm-up and cosine decay, and an evaluation of a fixed, seeded set of validation pixels from
+spatially held-out blocks.
+
+Files written for ``out="model.xrecon"`` (see :func:`training_files`):
+
+``model.xrecon``
+    The best model so far (lowest validation loss), an ordinary xrecon checkpoint for
+    ``ds.recon.fill(method="anytimeformer", checkpoint=...)``. Its ``metadata["training"]`` holds the
+    provenance: settings, seed, steps, best and final validation loss, normalization statistics,
+    validation blocks, timings, what it was initialised from.
+``model.last.xrecon``
+    The latest model, also a loadable checkpoint, with the full resumable state in
+    ``metadata["resume"]``: optimizer, gradient scaler, random-number state, the stream's position
+    and the best score so far. ``train(..., resume=True)`` continues from it.
+``model.log.csv``
+    One row per ``log_interval`` steps (and per validation): step, epoch, learning rate, training
+    losses, validation loss and RMSE, pixels seen, seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xrecon._version import __version__
+from xrecon.cube import DEFAULT_SAR, validate
+from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
+from xrecon.models.base import XreconModel
+from xrecon.runtime import PRECISIONS, resolve_device
+from xrecon.training.gaps import GapConfig
+from xrecon.training.losses import reconstruction_loss, take_days
+from xrecon.training.stats import NormStats, compute_stats, standardize_batch
+from xrecon.training.stream import PixelStream, pixel_loader
+
+__all__ = ["TrainConfig", "train", "training_files"]
+
+#: Training methods: the networks :func:`train` knows how to train.
+TRAINABLE = ("anytimeformer",)
+LOG_COLUMNS = ("step", "epoch", "lr", "loss", "imputation", "reconstruction", "tv", "val_loss", "val_rmse",
+               "pixels", "seconds")
+_VALIDATION_STREAM = 1  # the validation set's seed is (seed, this): never the training stream's
+
+
+def _default_gaps() -> GapConfig:
+    # The paper's 25 % of random dates, plus cloudy seasons and real cloud patterns of the same cube.
+    return GapConfig(mode={"random": 2, "runs": 1, "transplant": 1}, fraction=0.25)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (the architecture is separate: a preset name or an ``AnytimeFormerConfig``).
+
+    Attributes
+    ----------
+    steps : int
+        Optimizer steps in all (the schedule's length).
+    batch_size : int
+        Pixels per step; a batch's pixels come from one cube and one calendar year (they share dates).
+    lr, min_lr_ratio : float
+        Peak learning rate, and the fraction of it the cosine decays to at ``steps``.
+    warmup : int
+        Steps of linear warm-up from 0 to ``lr``.
+    schedule : {"cosine", "constant"}
+        After warm-up.
+    weight_decay : float
+        AdamW decay of the weight matrices (not of biases, norms and fusion factors' bias rows... only
+        tensors with 2 or more dimensions are decayed, as in nanoGPT).
+    grad_clip : float
+        Clip the gradient norm to this (0 = no clipping).
+    gaps : GapConfig
+        Gap simulation of training and validation samples.
+    loss : {"l1", "mse"}
+        Loss on hidden and kept observations (the paper: L1).
+    reconstruction_weight : float
+        Weight of the loss on the kept observations (the paper: 1).
+    anytime : bool
+        Anytime training: predict a daily grid (days 1..366) and add its total variation to the
+        loss (smoother curves between observations, about 1.6x the cost per step).
+    tv_weight : float
+        Weight of the total variation with ``anytime``.
+    validation_fraction : float
+        Share of the spatial blocks held out for validation (0 = none: the best model is the last).
+    block : int, optional
+        Side of the spatial blocks, in pixels: the unit of reading and of validation hold-out.
+        None: the cubes' dask chunks when they make at least 8 blocks, else about a quarter of the
+        larger side (at least 8 pixels).
+    validation_pixels : int
+        At most this many validation pixel-years are scored (a fixed set, read once).
+    validation_interval, log_interval, checkpoint_interval : int
+        Every how many steps to validate (and save the best), to log, to save the last state.
+    seed : int
+        Seeds the block hold-out, the stream, the gaps, the initial weights and dropout: same seed,
+        same data and settings, same weights (bit for bit on a CPU with ``num_workers=0``).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision of the forward pass. "auto": bf16 on GPUs that have it (else fp16 with loss
+        scaling), fp32 on CPUs.
+    num_workers : int
+        DataLoader worker processes reading blocks (0 = in the main process).
+    window : {"year", None}
+        Samples are calendar years (as ``fill`` runs AnytimeFormer), see ``PixelStream``.
+    min_obs : int
+        Pixel-years with fewer clear observations are skipped.
+    buffer_size : int
+        Samples in the stream's shuffle buffer.
+
+    Examples
+    --------
+    >>> config = TrainConfig(steps=500, batch_size=128)
+    >>> TrainConfig.from_dict(config.to_dict()) == config
+    True
+    """
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    gaps: GapConfig = field(default_factory=_default_gaps)
+    loss: str = "l1"
+    reconstruction_weight: float = 1.0
+    anytime: bool = False
+    tv_weight: float = 0.01
+    validation_fraction: float = 0.1
+    block: int | None = None
+    validation_pixels: int = 4096
+    validation_interval: int = 100
+    log_interval: int = 10
+    checkpoint_interval: int = 100
+    seed: int = 0
+    precision: str = "auto"
+    num_workers: int = 0
+    window: str | None = "year"
+    min_obs: int = 5
+    buffer_size: int = 4096
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "validation_pixels", "validation_interval", "log_interval",
+                    "checkpoint_interval", "min_obs", "buffer_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise XreconError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("warmup", "seed", "num_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+                raise XreconError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise XreconError(f"TrainConfig: lr must be > 0 and min_lr_ratio in [0, 1], got {self.lr}, "
+                              f"{self.min_lr_ratio}")
+        if self.schedule not in ("cosine", "constant"):
+            raise XreconError(f"TrainConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.loss not in ("l1", "mse"):
+            raise XreconError(f"TrainConfig.loss must be 'l1' or 'mse', got {self.loss!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise XreconError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.block is not None and (not isinstance(self.block, int) or self.block < 1):
+            raise XreconError(f"TrainConfig.block must be a positive integer or None, got {self.block!r}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise XreconError(f"TrainConfig.precision must be 'auto' or one of {sorted(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        if self.window not in ("year", None):
+            raise XreconError(f"TrainConfig.window must be 'year' or None, got {self.window!r}")
+        if not isinstance(self.gaps, GapConfig):
+            raise XreconError(f"TrainConfig.gaps must be a GapConfig, got {type(self.gaps).__name__}")
+        for name in ("weight_decay", "grad_clip", "reconstruction_weight", "tv_weight"):
+            if not getattr(self, name) >= 0:
+                raise XreconError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for checkpoints and JSON."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        g = self.gaps
+        out["gaps"] = {"mode": g.mode if isinstance(g.mode, str) else dict(g.mode), "fraction": g.fraction,
+                       "min_keep": g.min_keep, "n_runs": g.n_runs, "shift": g.shift}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Read what :meth:`to_dict` wrote (unknown keys are refused)."""
+        d = dict(d)
+        if isinstance(d.get("gaps"), Mapping):
+            d["gaps"] = GapConfig(**d["gaps"])
+        try:
+            return cls(**d)
+        except TypeError as err:
+            raise XreconError(f"not a TrainConfig: {err}") from None
+
+
+def training_files(out: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The best checkpoint, last (resumable) checkpoint and CSV log that :func:`train` writes for ``out``.
+
+    Examples
+    --------
+    >>> [p.name for p in training_files("runs/model.xrecon")]
+    ['model.xrecon', 'model.last.xrecon', 'model.log.csv']
+    """
+    best = Path(out)
+    return best, best.with_name(f"{best.stem}.last{best.suffix}"), best.with_name(f"{best.stem}.log.csv")
+
+
+# --------------------------------------------------------------------------------------------------
+# the data side: blocks, hold-out, statistics
+
+
+def _block_size(cubes: Sequence[xr.Dataset], optical: Hashable, block: int | None) -> int | None:
+    """The stream's ``block``: the dask chunks when they make enough blocks to hold some out, else a size."""
+    if block is not None:
+        return block
+    n_blocks, sides = 0, []
+    for ds in cubes:
+        da = ds[optical]
+        sides.append(max(da.sizes["y"], da.sizes["x"]))
+        chunks = da.chunksizes
+        n_blocks += len(chunks["y"]) * len(chunks["x"]) if chunks else 1
+    if all(ds[optical].chunks is not None for ds in cubes) and n_blocks >= 8:
+        return None
+    return max(8, math.ceil(max(sides) / 4))
+
+
+def _split_blocks(blocks: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training blocks, validation blocks): a seeded random share of the blocks, at least one each way."""
+    if fraction == 0:
+        return blocks, blocks[:0]
+    n = len(blocks)
+    if n < 2:
+        raise CubeError(
+            f"the cube makes {n} spatial block(s), too few to hold one out for validation; pass a smaller "
+            "block= or validation_fraction=0"
+        )
+    n_val = min(max(1, round(fraction * n)), n - 1)
+    pick = np.random.default_rng([seed, 7]).permutation(n)[:n_val]
+    is_val = np.zeros(n, bool)
+    is_val[pick] = True
+    return blocks[~is_val], blocks[is_val]
+
+
+def _area(stream: PixelStream, blocks: np.ndarray, cube: int, shape: tuple[int, int]) -> np.ndarray:
+    """(y, x) bool: the pixels of ``cube`` inside ``blocks``."""
+    area = np.zeros(shape, bool)
+    for task in blocks[blocks[:, 0] == cube]:
+        area[stream.block_slices(task)] = True
+    return area
+
+
+def _training_stats(cubes: Sequence[xr.Dataset], stream: PixelStream, blocks: np.ndarray, optical: Hashable,
+                    sar: Hashable | None, mask: Hashable | None) -> NormStats:
+    """Normalization statistics of the training blocks only (validation pixels stay unseen)."""
+    masked = []
+    for c, ds in enumerate(cubes):
+        shape = (ds[optical].sizes["y"], ds[optical].sizes["x"])
+        area = xr.DataArray(_area(stream, blocks, c, shape), dims=("y", "x"))
+        ds = ds.copy()
+        ds[optical] = ds[optical].where(area)
+        if sar is not None:
+            ds[sar] = ds[sar].where(area)
+        masked.append(ds)
+    return compute_stats(masked, optical=optical, sar=sar, mask=mask)
+
+
+def _check_bands(model: XreconModel, bands: Sequence[str], sar_bands: Sequence[str] | None, what: str) -> None:
+    c = model.config
+    for mine, theirs, n, kind in ((model.optical_bands, bands, c.n_optical_bands, "optical"),
+                                  (model.sar_bands, sar_bands, c.n_sar_bands, "SAR")):
+        if n == 0:
+            continue
+        if not theirs:
+            raise CheckpointError(f"{what} takes {n} {kind} band(s) {mine or ''} but the cube has none")
+        if mine is None:
+            if len(theirs) != n:
+                raise CheckpointError(f"{what} takes {n} {kind} bands (unnamed), the cube has {list(theirs)}")
+        elif sorted(mine) != sorted(theirs):
+            raise CheckpointError(
+                f"{what} has {kind} bands {list(mine)}, the cube has {list(theirs)}; they must match by name "
+                "(select bands with ds.sel(band=[...]), or train from scratch without init=)"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# the model side
+
+
+def _new_model(model: str | Any, architecture: Mapping[str, Any], n_bands: int, n_sar: int) -> XreconModel:
+    from xrecon.models.anytimeformer import PRESETS, AnytimeFormer, AnytimeFormerConfig
+
+    if isinstance(model, str):
+        if model not in PRESETS:
+            raise MethodError(f"model={model!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
+        base = PRESETS[model]
+    elif isinstance(model, AnytimeFormerConfig):
+        base = model
+    else:
+        raise MethodError(f"model must be a preset name or an AnytimeFormerConfig, got {type(model).__name__}")
+    config = dataclasses.replace(base, **architecture, n_optical_bands=n_bands, n_sar_bands=n_sar)
+    return AnytimeFormer(config)
+
+
+def _load_init(init: Any, method: str) -> XreconModel:
+    from xrecon.models import load
+
+    if isinstance(init, XreconModel):
+        model = copy.deepcopy(init).cpu()  # never train the caller's object in place
+    elif isinstance(init, str | os.PathLike):
+        model = load(init, device="cpu")
+    else:
+        raise CheckpointError(f"init must be a checkpoint path or an xrecon model, got {type(init).__name__}")
+    if model.name != method:
+        raise CheckpointError(f"init holds a {model.name!r} model, not {method!r}")
+    return model
+
+
+def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / (cfg.warmup + 1)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise XreconError("precision='fp16' is for GPUs; on a CPU use 'bf16' or 'fp32'")
+    return PRECISIONS[precision]
+
+
+def _forward(model: Any, b: Mapping[str, torch.Tensor], cfg: TrainConfig, dtype: torch.dtype,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predictions at the observation days, and on the daily grid for anytime training."""
+    doy = b["doy"][0]  # (T,) shared by the batch
+    use_sar = model.config.n_sar_bands > 0 and b["sar"].shape[1] > 0
+    sar, sar_doy = (b["sar"], b["sar_doy"][0]) if use_sar else (None, None)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    with ctx:
+        if cfg.anytime:
+            days = torch.arange(1, 367, device=device, dtype=torch.float32)
+            dense = model(b["optical"], doy, days, sar, sar_doy).float()  # (B, 366, C)
+            return take_days(dense, 1, b["doy"]), dense
+        return model(b["optical"], doy, doy, sar, sar_doy).float(), None  # (B, T, C)
+
+
+def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _validate(model: Any, batches: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, dtype: torch.dtype,
+              device: torch.device) -> tuple[float, float]:
+    """(imputation loss in standardized units, RMSE in reflectance) on the hidden validation observations."""
+    model.eval()
+    norm = model.normalization
+    err_sum, sq_sum, count = 0.0, 0.0, 0
+    std = model.optical_std
+    for batch in batches:
+        b = standardize_batch(_to(batch, device), norm)
+        pred, _ = _forward(model, b, cfg, dtype, device)
+        hidden = b["hidden"].unsqueeze(-1).expand_as(pred)
+        d = (pred - b["target"])[hidden]
+        err_sum += float((d.abs() if cfg.loss == "l1" else d**2).sum())
+        sq_sum += float(((d.view(-1, pred.shape[-1]) * std) ** 2).sum())
+        count += int(hidden.sum())
+    model.train()
+    if count == 0:
+        return float("nan"), float("nan")
+    return err_sum / count, math.sqrt(sq_sum / count)
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+
+
+class _Log:
+    """The CSV log; on resume, rows written after the last checkpoint are dropped (they are redone)."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, LOG_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_COLUMNS).writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+
+
+def _fmt(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _save(model: XreconModel, path: Path, metadata: dict[str, Any]) -> None:
+    saved = model.metadata
+    model.metadata = metadata
+    try:
+        model.save(path)
+    finally:
+        model.metadata = saved
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def train(
+    cubes: xr.Dataset | Sequence[xr.Dataset],
+    out: str | os.PathLike,
+    *,
+    method: str = "anytimeformer",
+    model: str | Any = "official",
+    config: TrainConfig | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    validation_fraction: float | None = None,
+    init: str | os.PathLike | XreconModel | None = None,
+    optical: Hashable = "optical",
+    sar: Hashable | None = DEFAULT_SAR,
+    mask: Hashable | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    **options: Any,
+) -> Path:
+    """Train AnytimeFormer on cubes, self-supervised: hide clear observations and learn to restore them.
+
+    Parameters
+    ----------
+    cubes : xarray.Dataset or sequence of xarray.Dataset
+        Cubes following the conventions (lazy is best), with the same bands. Band names (``band``,
+        ``sar_band``) are stored in the model, which ``fill`` matches by name.
+    out : path
+        The best checkpoint; the last (resumable) one and a CSV log go beside it (:func:`training_files`).
+    method : str
+        The network: ``"anytimeformer"``.
+    model : str or AnytimeFormerConfig
+        The architecture: a preset of :data:`xrecon.models.anytimeformer.PRESETS` ("official", "small",
+        ...) or a config; the numbers of bands always come from the cube. Ignored with ``init``.
+    config : TrainConfig, optional
+        Training settings; the keyword arguments below override it.
+    steps, batch_size, seed, validation_fraction
+        Shortcuts for the :class:`TrainConfig` fields.
+    device : str or torch.device, optional
+        None: CUDA when available, else the CPU.
+    init : path or XreconModel, optional
+        Fine-tune from these weights: an xrecon checkpoint, or a model such as
+        ``anytimeformer.from_official(...)``. Its bands must match the cube's by name, and its
+        normalization statistics are kept (the weights were trained with them).
+    optical, sar, mask : str
+        Variable names, as for ``fill``; ``sar=None`` trains an optical-only network.
+    resume : bool
+        Continue from the last checkpoint if there is one (else start afresh), with its settings;
+        ``steps`` may be raised to train longer (the schedule then stretches to the new length).
+    overwrite : bool
+        Replace existing files of an earlier run (without ``resume``, they are refused).
+    progress : bool
+        Show a tqdm bar with the losses.
+    callback : callable, optional
+        Called with each log row (a dict of :data:`LOG_COLUMNS`); returning True stops training
+        after saving the last checkpoint (early stopping; ``resume=True`` continues).
+    **options
+        Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``...) and architecture
+        fields of ``AnytimeFormerConfig`` (``d_model=``, ``dropout=``...).
+
+    Returns
+    -------
+    pathlib.Path
+        The best checkpoint, ``out``.
+
+    Raises
+    ------
+    CheckpointError
+        When ``init`` does not fit the cube's bands, or the last checkpoint cannot be resumed.
+    OutputExistsError
+        When files of an earlier run exist and neither ``resume`` nor ``overwrite`` is set.
+
+    Examples
+    --------
+    >>> import xrecon
+    >>> from xrecon.testing import synthetic_cube
+    >>> ds = synthetic_cube(ny=16, nx=16, seed=0)
+    >>> ckpt = ds.recon.train(out="tiny.xrecon", model="small", steps=5, batch_size=32,
+    ...                       progress=False)  # doctest: +SKIP
+    >>> filled = ds.recon.fill("10D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
+    """
+    from xrecon.models.anytimeformer import AnytimeFormerConfig
+
+    t_start = time.perf_counter()
+    if method not in TRAINABLE:
+        raise MethodError(f"train(method={method!r}): trainable methods are {list(TRAINABLE)}")
+    if isinstance(cubes, xr.Dataset):
+        cubes = [cubes]
+    cubes = list(cubes)
+    if not cubes:
+        raise CubeError("train needs at least one cube")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    arch_fields = {f.name for f in dataclasses.fields(AnytimeFormerConfig)} - {"n_optical_bands", "n_sar_bands"}
+    unknown = sorted(set(options) - train_fields - arch_fields)
+    if unknown:
+        raise MethodError(f"train: unknown options {unknown}; training options: {sorted(train_fields)}; "
+                          f"architecture options: {sorted(arch_fields)}")
+    explicit = {k: v for k, v in options.items() if k in train_fields}
+    for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed),
+                 ("validation_fraction", validation_fraction)):
+        if v is not None:
+            explicit[k] = v
+    architecture = {k: v for k, v in options.items() if k in arch_fields}
+    cfg = dataclasses.replace(config or TrainConfig(), **explicit)
+
+    best_path, last_path, log_path = training_files(out)
+    state: dict[str, Any] | None = None
+    if resume and last_path.is_file():
+        model_obj = _load_init(last_path, method)
+        state = model_obj.metadata.get("resume")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{last_path.name!r} holds no training state to resume from")
+        saved = TrainConfig.from_dict(state["config"])
+        changed = sorted(k for k, v in explicit.items() if k != "steps" and getattr(saved, k) != v)
+        changed += sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+        if changed:
+            raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
+                              "(start a new run in another file to change them)")
+        cfg = dataclasses.replace(saved, steps=cfg.steps if "steps" in explicit else saved.steps)
+    elif not overwrite and (best_path.exists() or last_path.exists()):
+        raise OutputExistsError(f"{os.fspath(best_path)!r} or its last checkpoint exists; pass resume=True to "
+                                "continue that run or overwrite=True to start again")
+    elif init is not None:
+        model_obj = _load_init(init, method)
+        changed = sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+        if changed:
+            raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
+    else:
+        model_obj = None
+
+    # The cube as the model will see it: only its variables, bands in the model's order.
+    parts = [validate(ds, optical=optical, sar=sar, mask=mask) for ds in cubes]
+    bands = [str(b) for b in parts[0].bands]
+    sar_bands = [str(b) for b in parts[0].sar_bands] if parts[0].sar is not None else None
+    if model_obj is not None:
+        _check_bands(model_obj, bands, sar_bands, "the resumed model" if state else "init")
+    use_sar = sar_bands is not None and (model_obj is None or model_obj.config.n_sar_bands > 0)
+    sar_name = sar if use_sar else None
+    keep = [optical] + ([mask] if mask is not None else []) + ([sar_name] if use_sar else [])
+    selected = []
+    for ds in cubes:
+        ds = ds[keep]
+        if model_obj is not None and model_obj.optical_bands is not None:
+            ds = ds.sel(band=model_obj.optical_bands)
+        if use_sar and model_obj is not None and model_obj.sar_bands is not None:
+            ds = ds.sel(sar_band=model_obj.sar_bands)
+        selected.append(ds)
+    cubes = selected
+
+    block = _block_size(cubes, optical, cfg.block)
+    stream_kw = dict(optical=optical, sar=sar_name, mask=mask, window=cfg.window, min_obs=cfg.min_obs,
+                     block=block, gaps=cfg.gaps)
+    grid = PixelStream(cubes, **stream_kw)
+    if state is not None:
+        val_blocks = np.asarray(state["validation_blocks"], dtype=np.int64).reshape(-1, 3)
+        is_val = {tuple(v) for v in val_blocks.tolist()}
+        train_blocks = np.array([b for b in grid.blocks.tolist() if tuple(b) not in is_val], np.int64)
+    else:
+        train_blocks, val_blocks = _split_blocks(grid.blocks, cfg.validation_fraction, cfg.seed)
+
+    dev = resolve_device(device)
+    amp = _amp_dtype(cfg.precision, dev)
+    stats = None
+    rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        # Our own seeded random state for the weights and dropout; the caller's is restored afterwards.
+        torch.manual_seed(cfg.seed)
+        if model_obj is None:
+            stats = _training_stats(cubes, grid, train_blocks, optical, sar_name, mask)
+            model_obj = _new_model(model, architecture, len(bands), len(sar_bands) if use_sar else 0)
+            model_obj.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
+            model_obj.optical_bands = bands
+            model_obj.sar_bands = sar_bands if use_sar else None
+            init_source = None
+        else:
+            init_source = (state or {}).get("init") if state else _describe_init(init, model_obj)
+        net = model_obj.to(dev).train()
+        norm = net.normalization  # buffers, fixed during training: read once (numpy)
+
+        stream = PixelStream(cubes, **stream_kw, seed=cfg.seed, batch_size=cfg.batch_size,
+                             buffer_size=cfg.buffer_size, blocks=train_blocks)
+        val_batches = _validation_batches(cubes, stream_kw, val_blocks, cfg)
+        optimizer = torch.optim.AdamW(_decay_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+        scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+        step, best, best_step, last_val = 0, math.inf, None, (math.nan, math.nan)
+        pixels, train_seconds = 0, 0.0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            stream.load_state_dict(state["stream"])
+            torch.set_rng_state(state["rng"])
+            if dev.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], dev)
+            step, best, best_step = int(state["step"]), float(state["best"]), state["best_step"]
+            pixels, train_seconds = int(state["pixels"]), float(state["train_seconds"])
+            last_val = tuple(state["last_val"])
+        log = _Log(log_path, step if state is not None else None)
+
+        def provenance() -> dict[str, Any]:
+            return {
+                "steps": step, "seed": cfg.seed, "config": cfg.to_dict(),
+                "architecture": dataclasses.asdict(net.config),
+                "best_step": best_step, "best_val_loss": best, "val_loss": last_val[0], "val_rmse": last_val[1],
+                "pixels": pixels, "train_seconds": train_seconds, "device": str(dev), "precision": str(amp),
+                "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": init_source,
+                "validation_blocks": val_blocks.tolist(), "block": block,
+                "normalization": {k: v.tolist() for k, v in norm.items()},
+            }
+
+        def save_last() -> None:
+            resume_state = {
+                "config": cfg.to_dict(), "step": step, "best": best, "best_step": best_step,
+                "last_val": list(last_val), "pixels": pixels, "train_seconds": train_seconds,
+                "validation_blocks": val_blocks.tolist(), "init": init_source,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "stream": stream.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+            }
+            _save(net, last_path, {"training": provenance(), "resume": resume_state})
+
+        val_seconds, session_start, session_base = 0.0, time.perf_counter(), train_seconds
+
+        def validate_now() -> None:
+            nonlocal best, best_step, last_val, val_seconds, train_seconds
+            t0 = time.perf_counter()
+            last_val = _validate(net, val_batches, cfg, amp, dev)
+            val_seconds += time.perf_counter() - t0
+            train_seconds = session_base + time.perf_counter() - session_start - val_seconds
+            if last_val[0] < best or best_step is None:
+                best, best_step = last_val[0], step
+                _save(net, best_path, {"training": provenance()})
+
+        if state is None:
+            if val_batches:
+                validate_now()  # the starting point, step 0
+                log.write({"step": 0, "epoch": 0, "val_loss": last_val[0], "val_rmse": last_val[1],
+                           "pixels": 0, "seconds": time.perf_counter() - t_start})
+            save_last()
+
+        bar = _bar(progress, step, cfg.steps)
+        sums = torch.zeros(4, device=dev)  # total, imputation, reconstruction, tv since the last log row
+        n_sum, stop = 0, False
+        epoch = stream.epoch
+        while step < cfg.steps and not stop:
+            stream.set_epoch(epoch)
+            fresh = not stream.state_dict()["consumed"]
+            got = False
+            # The loader's own generator: creating an iterator would otherwise draw from the global
+            # random state that dropout uses, and a resumed run creates one more iterator.
+            loader = pixel_loader(stream, num_workers=cfg.num_workers,
+                                  generator=torch.Generator().manual_seed(cfg.seed))
+            for batch in loader:
+                if step >= cfg.steps:
+                    break
+                got = True
+                lr = _lr_at(step, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                b = standardize_batch(_to(batch, dev), norm)
+                pred, dense = _forward(net, b, cfg, amp, dev)
+                terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
+                                            reconstruction_weight=cfg.reconstruction_weight, dense=dense,
+                                            tv_weight=cfg.tv_weight)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(terms.total).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                stream.mark_consumed(batch)
+                step += 1
+                pixels += int(batch["optical"].shape[0])
+                sums += torch.stack([t.detach().float() for t in terms])  # no sync with the GPU here
+                n_sum += 1
+                bar.update(1)
+
+                validated = bool(val_batches) and (step % cfg.validation_interval == 0 or step == cfg.steps)
+                if not (step % cfg.log_interval == 0 or validated or step == cfg.steps):
+                    continue
+                train_seconds = session_base + time.perf_counter() - session_start - val_seconds
+                if validated:
+                    validate_now()
+                mean = (sums / n_sum).tolist()
+                row = {"step": step, "epoch": epoch, "lr": lr, "loss": mean[0], "imputation": mean[1],
+                       "reconstruction": mean[2], "tv": mean[3], "pixels": pixels,
+                       "seconds": time.perf_counter() - t_start}
+                if validated:
+                    row.update(val_loss=last_val[0], val_rmse=last_val[1])
+                log.write(row)
+                bar.set_postfix(loss=f"{mean[0]:.4f}", val=f"{last_val[0]:.4f}", refresh=False)
+                sums.zero_()
+                n_sum = 0
+                if not val_batches and step % cfg.checkpoint_interval == 0:
+                    _save(net, best_path, {"training": provenance()})
+                stop = callback is not None and callback(dict(row)) is True
+                if stop or (step % cfg.checkpoint_interval == 0 and step < cfg.steps):
+                    save_last()  # (the final state is saved after the loop)
+                if stop or step >= cfg.steps:
+                    break
+            if not got and fresh:
+                raise CubeError(f"no pixel-year of the training blocks has {cfg.min_obs} clear observations "
+                                "(min_obs); nothing to train on")
+            if not stop and step < cfg.steps:
+                epoch += 1
+        bar.close()
+        train_seconds = session_base + time.perf_counter() - session_start - val_seconds
+        if not val_batches:
+            _save(net, best_path, {"training": provenance()})
+        save_last()
+    return best_path
+
+
+def _describe_init(init: Any, model: XreconModel) -> dict[str, Any]:
+    from xrecon.runtime import file_sha256
+
+    if isinstance(init, str | os.PathLike):
+        return {"path": os.fspath(init), "sha256": file_sha256(init)}
+    return {k: v for k, v in model.metadata.items() if isinstance(v, str | int | float)} or {"model": "in memory"}
+
+
+def _validation_batches(cubes: Sequence[xr.Dataset], stream_kw: Mapping[str, Any], blocks: np.ndarray,
+                        cfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
+    """A fixed, seeded set of validation batches (gaps included), read once and kept in memory."""
+    if len(blocks) == 0:
+        return []
+    stream = PixelStream(cubes, **stream_kw, seed=cfg.seed * 1000 + _VALIDATION_STREAM,
+                         batch_size=cfg.batch_size, buffer_size=min(cfg.buffer_size, cfg.validation_pixels),
+                         blocks=blocks)
+    batches, n = [], 0
+    for batch in stream:
+        batches.append(batch)
+        n += int(batch["optical"].shape[0])
+        if n >= cfg.validation_pixels:
+            break
+    return batches
+
+
+def _bar(progress: bool, start: int, total: int) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
