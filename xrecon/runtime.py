@@ -54,6 +54,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Returns
     -------
     torch.device
+        With an explicit index for CUDA (``"cuda"`` becomes ``cuda:<current device>``).
 
     Raises
     ------
@@ -79,6 +80,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             raise XreconError(
                 f"device={device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
+        # "cuda" and "cuda:0" are the same GPU: give one spelling so cache keys and comparisons agree
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     return dev
 
 

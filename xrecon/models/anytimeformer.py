@@ -236,6 +236,7 @@ class Prepared(NamedTuple):
     sar_to_fusion: Tensor | None  # (R, H*S, D) time-aligned SAR mix -> SAR side of the fusion
     decoder: Tensor  # (D, H*Tq + H*C) decoder scores (queries folded into keys) and values (folded into the head)
     head_bias: Tensor  # (C,)
+    n_query: int  # Tq
 
 
 @register_model("anytimeformer")
@@ -318,7 +319,7 @@ class AnytimeFormer(XreconModel):
         values = self.decoder.folded_values(self.head.weight.T)  # (H, D, C)
         decoder = torch.cat([scores, values.permute(1, 0, 2).reshape(D, H * C)], 1)  # (D, H*Tq + H*C)
         return Prepared(pos, self._diagonal_mask(T, dev), align, fusion_w, fusion_b, fusion_shared, sar_to_fusion,
-                        decoder, self.head.bias)
+                        decoder, self.head.bias, q.shape[0])
 
     def forward_prepared(self, optical: Tensor, prep: Prepared, sar: Tensor | None = None) -> Tensor:
         """The network for one batch given :meth:`prepare`'s output.
@@ -345,7 +346,7 @@ class AnytimeFormer(XreconModel):
                 h = block(h, prep.mask)  # (B, T, D)
         if c.n_sar_bands:
             h = self.fusion_block(self._fuse(h, prep, sar))  # (B, T, D)
-        Tq = (prep.decoder.shape[1] - H * C) // H
+        Tq = prep.n_query
         sv = (h.reshape(B * T, D) @ prep.decoder).view(B, T, -1)  # (B, T, H*Tq + H*C)
         scores, values = sv.split([H * Tq, H * C], dim=-1)  # (B, T, H*Tq), (B, T, H*C)
         w = torch.softmax(scores, dim=1)  # (B, T, H*Tq): attention over the optical dates
@@ -383,7 +384,8 @@ class AnytimeFormer(XreconModel):
             y = prep.fusion_shared[r]  # (T, D) SAR side, SAR at its mean
             if mix is not None:
                 y = (mix @ prep.sar_to_fusion[r]).view(B, T, D).add_(y)  # (B, T, D)
-            fused = x * y if fused is None else fused.addcmul_(x, y)  # (B, T, D)
+            # accumulate in fp32 even under autocast: eight half-precision roundings would add up
+            fused = x.float() * y if fused is None else fused.addcmul_(x, y)  # (B, T, D)
         return fused
 
     def forward(self, optical: Tensor, optical_doy: Tensor, query_doy: Tensor, sar: Tensor | None = None,
@@ -557,7 +559,8 @@ class AnytimeFormer(XreconModel):
         if self.device != dev:
             self.to(dev)
         was_training = self.training
-        self.eval()
+        if was_training:  # a cached model shared by threads is in eval mode already: leave it untouched
+            self.eval()
         try:
             with torch.inference_mode():
                 prep = self.prepare(torch.from_numpy(opt_days), torch.from_numpy(q_days),

@@ -1,0 +1,185 @@
+"""AnytimeFormer inference throughput at the official shape, as a fraction of this machine's matmul rate.
+
+Shape: T = 54 optical dates (about 60 % clear), Ts = 120 SAR dates, Tq = 54 query days, 10 optical and 2
+SAR bands, the official architecture. Work is counted as 83.18 MFLOP per pixel, the official network's
+arithmetic (xrecon's shares the date-only part between pixels and does less; the count stays fixed so
+fractions compare with the official implementation's, about 0.15 on these CPUs, 455 pixels/s).
+
+The fp32 matmul rate (square ``torch.mm``, same threads) is measured in the same run, interleaved with
+the model runs, and every figure is the best of ``--repeat`` rounds: on a shared machine the best round
+is the one least disturbed by other processes. A CPU-time based fraction is printed too; it is less
+sensitive to other processes taking cores. Timings are end to end through ``predict_pixels`` (numpy in,
+numpy out, normalization and batching included).
+
+With the shared reference data present (``XRECON_TEST_DATA`` or ``../shared``) the official weights are
+used and bf16/fp16 errors are measured against the official outputs; otherwise random weights of the
+official shape are used and errors are measured against this run's fp32 output.
+
+Run: ``python benchmarks/anytimeformer_throughput.py [--pixels N] [--repeat R] [--threads K] [--batch-size B]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrecon.models import anytimeformer as af
+
+FLOP_PER_PIXEL = 83.18e6
+T, TS, C, S = 54, 120, 10, 2
+OFFICIAL_FRACTION = 0.15
+GOAL = 0.45
+REF = Path(os.environ.get("XRECON_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared"))
+REF = REF / "reference" / "anytimeformer"
+
+
+def inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Official-shape inputs: the reference file's when present (tiled to n pixels), else synthetic."""
+    if (REF / "seq2seq_40pct.npz").exists():
+        ref = np.load(REF / "seq2seq_40pct.npz")
+        idx = np.arange(n) % ref["valid"].shape[0]
+        optical = np.where(ref["valid"][idx, :, None], ref["refl_true"][idx], np.nan).astype(np.float32)
+        return dict(optical=optical, valid=ref["valid"][idx], optical_doy=ref["dates_opt"], sar=ref["sar_db"][idx],
+                    sar_doy=ref["dates_sar"], query_doy=ref["dates_query"], reference=ref["reconstructed"][idx])
+    rng = np.random.default_rng(seed)
+    doy = np.sort(rng.choice(np.arange(1, 366), T, replace=False)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    optical = (0.15 + 0.1 * np.sin(2 * np.pi * doy[None, :, None] / 365 + phase)
+               + rng.normal(0, 0.01, (n, T, C))).astype(np.float32)
+    valid = rng.random((n, T)) < 0.6
+    optical[~valid] = np.nan
+    sar_doy = np.sort(rng.choice(np.arange(1, 366), TS, replace=False)).astype(np.float32)
+    sar = rng.normal(-15, 3, (n, TS, S)).astype(np.float32)
+    return dict(optical=optical, valid=valid, optical_doy=doy, sar=sar, sar_doy=sar_doy, query_doy=doy,
+                reference=None)
+
+
+def model() -> tuple[af.AnytimeFormer, str]:
+    ckpt = REF / "anytimeformer_germany_40pct.ckpt"
+    if ckpt.exists() and (REF / "seq2seq_40pct.npz").exists():
+        ref = np.load(REF / "seq2seq_40pct.npz")
+        return af.from_official(ckpt, ref["X_mean"], ref["X_std"], ref["sar_mean"], ref["sar_std"], device="cpu"), \
+            "official 40% weights"
+    torch.manual_seed(0)
+    m = af.AnytimeFormer(af.PRESETS["official"]).eval()
+    m.set_normalization([0.1] * C, [0.05] * C, [-12.0, -18.0], [3.0, 3.5])
+    return m, "random weights (reference data not found)"
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    c0, w0 = time.process_time(), time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def matmul_round(device: str, size: int = 1024, reps: int = 8) -> tuple[Callable[[], None], float]:
+    """A round of square fp32 matrix products, and its FLOP count."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+
+    def run() -> None:
+        for _ in range(reps):
+            a @ b
+
+    return run, 2.0 * size**3 * reps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pixels", type=int, default=2048)
+    p.add_argument("--repeat", type=int, default=7, help="rounds; each figure is the best round")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the model's default for the device")
+    p.add_argument("--sweep", action="store_true", help="also time several batch sizes (fp32)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    net, weights = model()
+    data = inputs(args.pixels)
+    n = args.pixels
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"AnytimeFormer throughput: {n} pixels, T={T}, Ts={TS}, Tq={len(data['query_doy'])}, {weights}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+    for device in devices:
+        precisions = ["fp32", "bf16"] + (["fp16"] if device == "cuda" else [])
+        if device == "cpu" and not torch.backends.mkldnn.is_available():
+            precisions = ["fp32"]
+        bs = args.batch_size or net.default_batch_size(torch.device(device))
+        net.to(device)
+
+        def predict(precision: str, batch: int = bs, _device: str = device) -> np.ndarray:
+            return net.predict_pixels(data["optical"], data["valid"], data["optical_doy"], data["sar"],
+                                      data["sar_doy"], data["query_doy"], batch_size=batch, device=_device,
+                                      precision=precision)
+
+        def textbook(_device: str = device) -> None:
+            # the same network in its per-pixel textbook form (like the official code: the time-align
+            # attention and the decoder queries recomputed for every pixel, nothing folded)
+            x = np.where(data["valid"][..., None], (data["optical"] - net.normalization["optical_mean"])
+                         / net.normalization["optical_std"], 0.0).astype(np.float32)
+            s = ((data["sar"] - net.normalization["sar_mean"]) / net.normalization["sar_std"]).astype(np.float32)
+            days = [torch.from_numpy(np.asarray(data[k], np.float32)).to(_device)
+                    for k in ("optical_doy", "query_doy", "sar_doy")]
+            with torch.inference_mode():
+                for i in range(0, n, 128):
+                    net.forward_reference(torch.from_numpy(x[i:i + 128]).to(_device), days[0], days[1],
+                                          torch.from_numpy(s[i:i + 128]).to(_device), days[2]).cpu()
+
+        outputs = {pr: predict(pr) for pr in precisions}  # also warms up
+        textbook()
+        mm, flops = matmul_round(device)
+        mm()
+        rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in ["matmul", "textbook", *precisions]}
+        for _ in range(args.repeat):
+            rounds["matmul"].append(timed(mm))
+            for pr in precisions:
+                rounds[pr].append(timed(lambda pr=pr: predict(pr)))
+            rounds["textbook"].append(timed(textbook))
+        mm_wall = flops / min(w for w, _ in rounds["matmul"])
+        mm_cpu = flops / min(c for _, c in rounds["matmul"])
+        print(f"\n[{device}] batch size {bs}; fp32 matmul rate {mm_wall / 1e9:.0f} GFLOP/s "
+              f"({mm_cpu / 1e9:.0f} GFLOP per CPU-second)")
+        print(f"{'':24s}{'pixels/s':>10s}{'fraction':>10s}{'(cpu-time)':>12s}{'max abs err':>13s}{'mean abs err':>14s}")
+        ref = data["reference"]
+        for key in ["textbook", *precisions]:
+            wall = n / min(w for w, _ in rounds[key])
+            cpu = n / min(c for _, c in rounds[key])
+            label = "textbook form, fp32" if key == "textbook" else f"predict_pixels, {key}"
+            err = ""
+            if key in outputs:
+                base = ref if ref is not None else outputs["fp32"]
+                e = np.abs(outputs[key] - base)
+                err = f"{e.max():13.2e}{e.mean():14.2e}"
+            print(f"{label:24s}{wall:10.0f}{wall * FLOP_PER_PIXEL / mm_wall:10.3f}"
+                  f"{cpu * FLOP_PER_PIXEL / mm_cpu:12.3f}{err}")
+        if device == "cpu":
+            got = n / min(w for w, _ in rounds["fp32"]) * FLOP_PER_PIXEL / mm_wall
+            print(f"fp32 goal: fraction >= {GOAL} (official implementation ~{OFFICIAL_FRACTION}): "
+                  f"{'met' if got >= GOAL else 'NOT met'} in this run ({got:.3f})")
+        print("errors are reflectance (0-1 units) against "
+              + ("the official outputs" if ref is not None else "this run's fp32 output"))
+        if args.sweep:
+            print("batch-size sweep, fp32 (best of the rounds; fraction of the matmul rate above):")
+            for b in (16, 32, 64, 128, 256, 1024) if device == "cpu" else (1024, 4096, 8192, 16384):
+                best = min(timed(lambda b=b: predict("fp32", b))[0] for _ in range(max(2, args.repeat // 2)))
+                print(f"  batch {b:6d}: {n / best:8.0f} pixels/s, fraction {n / best * FLOP_PER_PIXEL / mm_wall:.3f}")
+    print("\nNote: on a shared machine absolute rates vary from run to run; the fractions (same-run ratios) "
+          "are what to compare.")
+
+
+if __name__ == "__main__":
+    main()
