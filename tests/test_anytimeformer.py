@@ -428,3 +428,5 @@ def test_registry():
     assert xrecon.models.get_model_class("anytimeformer") is af.AnytimeFormer
     with pytest.raises(MethodError, match="unknown model"):
         xrecon.models.get_model("no-such-net")
+    with pytest.raises(MethodError, match="does not take"):
+        xrecon.models.get_model("anytimeformer", n_layers=3)

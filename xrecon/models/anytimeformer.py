@@ -135,7 +135,7 @@ def doy_encoding(days: Tensor, d_model: int, period: float = 365.0) -> Tensor:
     >>> import torch
     >>> doy_encoding(torch.tensor([0.0, 1.0]), 4)
     tensor([[0.0000, 1.0000, 0.0000, 1.0000],
-            [0.8415, 0.5403, 0.0528, 0.9986]])
+            [0.8415, 0.5403, 0.0523, 0.9986]])
     """
     day = torch.floor(days.detach().to("cpu", torch.float64))
     j = torch.arange(d_model, dtype=torch.float64)
@@ -394,7 +394,8 @@ class AnytimeFormer(XreconModel):
 
         Dates are 1-d and shared by the batch (pixels of a chunk share their acquisition dates).
         ``sar`` ``(B, Ts, S)`` is standardized backscatter (0 = missing) at ``sar_doy`` ``(Ts,)``;
-        without it a SAR network sees SAR at its mean. The device is the inputs'.
+        without it a SAR network sees SAR at its mean. No device is assumed: the inputs must be where
+        the weights are, and the tensors made from the dates are put there.
         """
         return self.forward_prepared(optical, self.prepare(optical_doy, query_doy, sar_doy), sar)
 
@@ -604,33 +605,33 @@ def _names(bands: Sequence[str] | None) -> str:
 # ------------------------------------------------------------------------------------------------
 # the official release
 
-def _official_key_map(n_groups: int, with_sar: bool) -> dict[str, str]:
-    """xrecon parameter name -> upstream parameter name(s) (a '+'-joined list is concatenated)."""
-    m: dict[str, str] = {"embed_optical.weight": "embedding_X.weight",
-                         "head.weight": "reduce_dim.weight", "head.bias": "reduce_dim.bias"}
+def _official_key_map(n_groups: int, with_sar: bool) -> dict[str, tuple[str, ...]]:
+    """xrecon parameter name -> the upstream parameter(s) it is made of (several are concatenated)."""
+    m: dict[str, tuple[str, ...]] = {"embed_optical.weight": ("embedding_X.weight",),
+                                     "head.weight": ("reduce_dim.weight",), "head.bias": ("reduce_dim.bias",)}
 
     def block(ours: str, theirs: str) -> None:
         a = f"{theirs}.slf_attn"
-        m[f"{ours}.qkv.weight"] = f"{a}.w_qs.weight+{a}.w_ks.weight+{a}.w_vs.weight"
-        m[f"{ours}.proj.weight"] = f"{a}.fc.weight"
+        m[f"{ours}.qkv.weight"] = (f"{a}.w_qs.weight", f"{a}.w_ks.weight", f"{a}.w_vs.weight")
+        m[f"{ours}.proj.weight"] = (f"{a}.fc.weight",)
         for p in ("weight", "bias"):
-            m[f"{ours}.norm1.{p}"] = f"{theirs}.layer_norm.{p}"
-            m[f"{ours}.ffn_in.{p}"] = f"{theirs}.pos_ffn.w_1.{p}"
-            m[f"{ours}.ffn_out.{p}"] = f"{theirs}.pos_ffn.w_2.{p}"
-            m[f"{ours}.norm2.{p}"] = f"{theirs}.pos_ffn.layer_norm.{p}"
+            m[f"{ours}.norm1.{p}"] = (f"{theirs}.layer_norm.{p}",)
+            m[f"{ours}.ffn_in.{p}"] = (f"{theirs}.pos_ffn.w_1.{p}",)
+            m[f"{ours}.ffn_out.{p}"] = (f"{theirs}.pos_ffn.w_2.{p}",)
+            m[f"{ours}.norm2.{p}"] = (f"{theirs}.pos_ffn.layer_norm.{p}",)
 
     def cross(ours: str, theirs: str) -> None:
         for a, b in (("q", "w_qs"), ("k", "w_ks"), ("v", "w_vs"), ("proj", "fc")):
-            m[f"{ours}.{a}.weight"] = f"{theirs}.{b}.weight"
+            m[f"{ours}.{a}.weight"] = (f"{theirs}.{b}.weight",)
 
     for i in range(n_groups):
         block(f"encoder.{i}", f"encoder.{i}")
     cross("decoder", "decoder.timeindex_attn")
     if with_sar:
-        m["embed_sar.weight"] = "embedding_X_aux.linear.weight"
+        m["embed_sar.weight"] = ("embedding_X_aux.linear.weight",)
         cross("align", "timealign_attention")
-        m["fusion.w_optical"] = "tensorfusion.w_x"
-        m["fusion.w_sar"] = "tensorfusion.w_x_aux"
+        m["fusion.w_optical"] = ("tensorfusion.w_x",)
+        m["fusion.w_sar"] = ("tensorfusion.w_x_aux",)
         block("fusion_block", "multimodal_encoder")
     return m
 
@@ -722,7 +723,7 @@ def from_official(
         model = AnytimeFormer(config)
         ours = {}
         for name, theirs in _official_key_map(n_groups, with_sar).items():
-            ours[name] = torch.cat([sd[k] for k in theirs.split("+")], 0)
+            ours[name] = torch.cat([sd[k] for k in theirs], 0)
     except KeyError as err:
         raise CheckpointError(f"{path.name!r} lacks the AnytimeFormer parameter {err.args[0]!r}") from err
     ours.update({k: v for k, v in model.state_dict().items() if k.endswith(("_mean", "_std"))})

@@ -86,12 +86,17 @@ def get_model(name: str, **config: Any) -> XreconModel:
     Examples
     --------
     >>> import xrecon.models
-    >>> model = xrecon.models.get_model("anytimeformer", d_model=32, d_inner=16, optical_bands=4)
+    >>> model = xrecon.models.get_model("anytimeformer", d_model=32, d_inner=16, n_optical_bands=4)
     >>> model.config.d_model
     32
     """
     cls = get_model_class(name)
-    return cls(cls.config_class(**config))
+    try:
+        cfg = cls.config_class(**config)
+    except TypeError as err:
+        names = [f.name for f in dataclasses.fields(cls.config_class)]
+        raise MethodError(f"{name!r} does not take these options: {err}; its options are {names}") from err
+    return cls(cfg)
 
 
 class XreconModel(nn.Module):
