@@ -262,7 +262,7 @@ def decode(
     --------
     >>> import numpy as np, xarray as xr
     >>> dn = xr.DataArray(np.array([0, 1200, 65535], dtype="uint16"))
-    >>> decode(dn, scale=1e-4, nodata=[0, 65535]).round(4).values.tolist()
+    >>> [round(float(v), 4) for v in decode(dn, scale=1e-4, nodata=[0, 65535]).values]
     [nan, 0.12, nan]
     """
     if (scale is None) == (func is None):

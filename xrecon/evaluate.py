@@ -146,8 +146,8 @@ def evaluate(
     --------
     >>> from xrecon.testing import synthetic_cube
     >>> table = evaluate(synthetic_cube(ny=16, nx=16), ["linear", "whittaker"], holdout=0.2)
-    >>> sorted(table.columns[:5])
-    ['band', 'mae', 'method', 'n', 'r2']
+    >>> list(table.columns[:6])
+    ['method', 'band', 'n', 'mae', 'rmse', 'r2']
     """
     from xrecon.testing import hide_observations
 
