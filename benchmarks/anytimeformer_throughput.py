@@ -95,11 +95,79 @@ def matmul_round(device: str, size: int = 1024, reps: int = 8) -> tuple[Callable
     return run, 2.0 * size**3 * reps
 
 
+def measure(net: af.AnytimeFormer, data: dict, device: str, bs: int, repeat: int, sweep: bool) -> None:
+    """Time matmul, the textbook form and predict_pixels (each precision) in interleaved rounds; print."""
+    n = data["valid"].shape[0]
+    precisions = ["fp32", "bf16"] + (["fp16"] if device == "cuda" else [])
+    net.to(device)
+
+    def predict(precision: str, batch: int = bs) -> np.ndarray:
+        return net.predict_pixels(data["optical"], data["valid"], data["optical_doy"], data["sar"],
+                                  data["sar_doy"], data["query_doy"], batch_size=batch, device=device,
+                                  precision=precision)
+
+    norm = net.normalization
+    x = np.where(data["valid"][..., None], (data["optical"] - norm["optical_mean"]) / norm["optical_std"],
+                 0.0).astype(np.float32)
+    s = ((data["sar"] - norm["sar_mean"]) / norm["sar_std"]).astype(np.float32)
+    days = [torch.from_numpy(np.asarray(data[k], np.float32)).to(device)
+            for k in ("optical_doy", "query_doy", "sar_doy")]
+
+    def textbook() -> None:
+        # the same network in its per-pixel textbook form (like the official code: the time-align
+        # attention and the decoder queries recomputed for every pixel, nothing folded)
+        with torch.inference_mode():
+            for i in range(0, n, 128):
+                net.forward_reference(torch.from_numpy(x[i:i + 128]).to(device), days[0], days[1],
+                                      torch.from_numpy(s[i:i + 128]).to(device), days[2]).cpu()
+
+    outputs = {pr: predict(pr) for pr in precisions}  # also warms up
+    textbook()
+    mm, flops = matmul_round(device)
+    mm()
+    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in ["matmul", "textbook", *precisions]}
+    for _ in range(repeat):
+        rounds["matmul"].append(timed(mm))
+        for pr in precisions:
+            rounds[pr].append(timed(lambda pr=pr: predict(pr)))
+        rounds["textbook"].append(timed(textbook))
+    mm_wall = flops / min(w for w, _ in rounds["matmul"])
+    mm_cpu = flops / min(c for _, c in rounds["matmul"])
+    threads = f", {torch.get_num_threads()} thread(s)" if device == "cpu" else ""
+    print(f"\n[{device}{threads}] batch size {bs}; fp32 matmul rate {mm_wall / 1e9:.0f} GFLOP/s "
+          f"({mm_cpu / 1e9:.0f} GFLOP per CPU-second), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':24s}{'pixels/s':>10s}{'fraction':>10s}{'(cpu-time)':>12s}{'max abs err':>13s}{'mean abs err':>14s}")
+    ref = data["reference"]
+    for key in ["textbook", *precisions]:
+        wall = n / min(w for w, _ in rounds[key])
+        cpu = n / min(c for _, c in rounds[key])
+        label = "textbook form, fp32" if key == "textbook" else f"predict_pixels, {key}"
+        err = ""
+        if key in outputs:
+            e = np.abs(outputs[key] - (ref if ref is not None else outputs["fp32"]))
+            err = f"{e.max():13.2e}{e.mean():14.2e}"
+        print(f"{label:24s}{wall:10.0f}{wall * FLOP_PER_PIXEL / mm_wall:10.3f}"
+              f"{cpu * FLOP_PER_PIXEL / mm_cpu:12.3f}{err}")
+    if device == "cpu":
+        got = n / min(w for w, _ in rounds["fp32"]) * FLOP_PER_PIXEL / mm_wall
+        print(f"fp32 goal: fraction >= {GOAL} (official implementation ~{OFFICIAL_FRACTION}): "
+              f"{'met' if got >= GOAL else 'NOT met'} in this run ({got:.3f})")
+    print("errors are reflectance (0-1 units) against "
+          + ("the official outputs" if ref is not None else "this run's fp32 output"))
+    if sweep:
+        print("batch-size sweep, fp32 (best of the rounds; fraction of the matmul rate above):")
+        for b in (16, 32, 64, 128, 256, 1024) if device == "cpu" else (1024, 4096, 8192, 16384):
+            best = min(timed(lambda b=b: predict("fp32", b))[0] for _ in range(max(2, repeat // 2)))
+            print(f"  batch {b:6d}: {n / best:8.0f} pixels/s, fraction {n / best * FLOP_PER_PIXEL / mm_wall:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pixels", type=int, default=2048)
     p.add_argument("--repeat", type=int, default=7, help="rounds; each figure is the best round")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
+    p.add_argument("--no-single-thread", action="store_true",
+                   help="skip the second CPU table at 1 thread (less disturbed by other processes)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the model's default for the device")
     p.add_argument("--sweep", action="store_true", help="also time several batch sizes (fp32)")
     args = p.parse_args()
@@ -108,75 +176,18 @@ def main() -> None:
 
     net, weights = model()
     data = inputs(args.pixels)
-    n = args.pixels
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"AnytimeFormer throughput: {n} pixels, T={T}, Ts={TS}, Tq={len(data['query_doy'])}, {weights}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-
-    for device in devices:
-        precisions = ["fp32", "bf16"] + (["fp16"] if device == "cuda" else [])
-        if device == "cpu" and not torch.backends.mkldnn.is_available():
-            precisions = ["fp32"]
-        bs = args.batch_size or net.default_batch_size(torch.device(device))
-        net.to(device)
-
-        def predict(precision: str, batch: int = bs, _device: str = device) -> np.ndarray:
-            return net.predict_pixels(data["optical"], data["valid"], data["optical_doy"], data["sar"],
-                                      data["sar_doy"], data["query_doy"], batch_size=batch, device=_device,
-                                      precision=precision)
-
-        def textbook(_device: str = device) -> None:
-            # the same network in its per-pixel textbook form (like the official code: the time-align
-            # attention and the decoder queries recomputed for every pixel, nothing folded)
-            x = np.where(data["valid"][..., None], (data["optical"] - net.normalization["optical_mean"])
-                         / net.normalization["optical_std"], 0.0).astype(np.float32)
-            s = ((data["sar"] - net.normalization["sar_mean"]) / net.normalization["sar_std"]).astype(np.float32)
-            days = [torch.from_numpy(np.asarray(data[k], np.float32)).to(_device)
-                    for k in ("optical_doy", "query_doy", "sar_doy")]
-            with torch.inference_mode():
-                for i in range(0, n, 128):
-                    net.forward_reference(torch.from_numpy(x[i:i + 128]).to(_device), days[0], days[1],
-                                          torch.from_numpy(s[i:i + 128]).to(_device), days[2]).cpu()
-
-        outputs = {pr: predict(pr) for pr in precisions}  # also warms up
-        textbook()
-        mm, flops = matmul_round(device)
-        mm()
-        rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in ["matmul", "textbook", *precisions]}
-        for _ in range(args.repeat):
-            rounds["matmul"].append(timed(mm))
-            for pr in precisions:
-                rounds[pr].append(timed(lambda pr=pr: predict(pr)))
-            rounds["textbook"].append(timed(textbook))
-        mm_wall = flops / min(w for w, _ in rounds["matmul"])
-        mm_cpu = flops / min(c for _, c in rounds["matmul"])
-        print(f"\n[{device}] batch size {bs}; fp32 matmul rate {mm_wall / 1e9:.0f} GFLOP/s "
-              f"({mm_cpu / 1e9:.0f} GFLOP per CPU-second)")
-        print(f"{'':24s}{'pixels/s':>10s}{'fraction':>10s}{'(cpu-time)':>12s}{'max abs err':>13s}{'mean abs err':>14s}")
-        ref = data["reference"]
-        for key in ["textbook", *precisions]:
-            wall = n / min(w for w, _ in rounds[key])
-            cpu = n / min(c for _, c in rounds[key])
-            label = "textbook form, fp32" if key == "textbook" else f"predict_pixels, {key}"
-            err = ""
-            if key in outputs:
-                base = ref if ref is not None else outputs["fp32"]
-                e = np.abs(outputs[key] - base)
-                err = f"{e.max():13.2e}{e.mean():14.2e}"
-            print(f"{label:24s}{wall:10.0f}{wall * FLOP_PER_PIXEL / mm_wall:10.3f}"
-                  f"{cpu * FLOP_PER_PIXEL / mm_cpu:12.3f}{err}")
-        if device == "cpu":
-            got = n / min(w for w, _ in rounds["fp32"]) * FLOP_PER_PIXEL / mm_wall
-            print(f"fp32 goal: fraction >= {GOAL} (official implementation ~{OFFICIAL_FRACTION}): "
-                  f"{'met' if got >= GOAL else 'NOT met'} in this run ({got:.3f})")
-        print("errors are reflectance (0-1 units) against "
-              + ("the official outputs" if ref is not None else "this run's fp32 output"))
-        if args.sweep:
-            print("batch-size sweep, fp32 (best of the rounds; fraction of the matmul rate above):")
-            for b in (16, 32, 64, 128, 256, 1024) if device == "cpu" else (1024, 4096, 8192, 16384):
-                best = min(timed(lambda b=b: predict("fp32", b))[0] for _ in range(max(2, args.repeat // 2)))
-                print(f"  batch {b:6d}: {n / best:8.0f} pixels/s, fraction {n / best * FLOP_PER_PIXEL / mm_wall:.3f}")
+    print(f"AnytimeFormer throughput: {args.pixels} pixels, T={T}, Ts={TS}, Tq={len(data['query_doy'])}, "
+          f"{weights}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+    cpu_bs = args.batch_size or net.default_batch_size(torch.device("cpu"))
+    measure(net, data, "cpu", cpu_bs, args.repeat, args.sweep)
+    if torch.get_num_threads() > 1 and not args.no_single_thread:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        measure(net, data, "cpu", cpu_bs, args.repeat, False)
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        measure(net, data, "cuda", args.batch_size or net.default_batch_size(torch.device("cuda")), args.repeat,
+                args.sweep)
     print("\nNote: on a shared machine absolute rates vary from run to run; the fractions (same-run ratios) "
           "are what to compare.")
 

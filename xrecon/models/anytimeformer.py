@@ -448,7 +448,7 @@ class AnytimeFormer(XreconModel):
 
     def default_batch_size(self, device: torch.device) -> int:
         """Pixels per batch: enough to keep matrix products efficient, few enough to stay in cache/memory."""
-        return 64 if device.type == "cpu" else 8192
+        return 128 if device.type == "cpu" else 8192
 
     def predict_pixels(
         self,
