@@ -319,6 +319,21 @@ def test_official_model_survives_a_checkpoint(seq2seq, tmp_path):
     assert np.abs(y - ref["reconstructed"][:16]).max() <= 1e-4
 
 
+def test_save_refuses_metadata_a_safe_load_would_refuse(tiny, tmp_path):
+    tiny.metadata = {"where": tmp_path}
+    with pytest.raises(XreconError, match="plain values"):
+        tiny.save(tmp_path / "m.xrecon")
+    assert os.listdir(tmp_path) == []
+    tiny.metadata = {}
+
+
+def test_saved_checkpoint_is_readable_by_others(tiny, tmp_path):
+    mode = tiny.save(tmp_path / "m.xrecon").stat().st_mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode & 0o666 == 0o666 & ~umask
+
+
 def test_failed_save_leaves_the_old_file(tiny, tmp_path, monkeypatch):
     path = tiny.save(tmp_path / "m.xrecon")
     before = path.read_bytes()

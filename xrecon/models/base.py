@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from xrecon._version import __version__
-from xrecon.errors import CheckpointError, MethodError
+from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.runtime import resolve_device
 
 __all__ = [
@@ -154,10 +154,13 @@ class XreconModel(nn.Module):
             "sar_bands": None if self.sar_bands is None else list(self.sar_bands),
             "metadata": dict(self.metadata),
         }
+        _check_plain(payload["metadata"], "metadata")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # a fresh name beside the target (same file system, so the rename is atomic); open() rather
+        # than mkstemp so the file gets the usual permissions, readable by other workers
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 torch.save(payload, f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -184,6 +187,24 @@ class XreconModel(nn.Module):
         model.sar_bands = _names(payload.get("sar_bands"), "sar_bands")
         model.metadata = dict(payload.get("metadata") or {})
         return model.eval()
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse later, when the file is read."""
+    if value is None or isinstance(value, str | int | float | bool | torch.Tensor):
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise XreconError(f"checkpoint {where} keys must be strings, got {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise XreconError(f"checkpoint {where} must hold plain values (str, numbers, lists, dicts, tensors), "
+                      f"got {type(value).__name__}: convert it first (e.g. str(path), array.tolist())")
 
 
 def _names(value: Any, key: str) -> list[str] | None:
