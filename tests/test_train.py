@@ -242,3 +242,11 @@ def test_cli_train(tmp_path, capsys):
     other = str(tmp_path / "other.xrecon")
     assert main([*args[:2], other, "--init", str(tmp_path / "missing.xrecon"), "--steps", "2", "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_anytime_training_adds_total_variation(tmp_path):
+    best = train(small_cube(), tmp_path / "m.xrecon", steps=4, anytime=True, **QUICK)
+    rows = [r for r in log_rows(training_files(best)[2]) if r["loss"]]
+    assert all(float(r["tv"]) > 0 for r in rows)
+    terms = [float(rows[-1][k]) for k in ("loss", "imputation", "reconstruction", "tv")]
+    assert terms[0] == pytest.approx(terms[1] + terms[2] + 0.01 * terms[3], rel=1e-4)
