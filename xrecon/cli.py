@@ -143,6 +143,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cube_arguments(p: argparse.ArgumentParser, *, chunks_example: str = "y=512,x=512") -> None:
+    """Input cube and variable names: the same for every command that reads a cube."""
+    p.add_argument("--optical", default="optical", help="optical variable name")
+    p.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
+    p.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
+    p.add_argument("--chunks", default=None, help=f"spatial chunks for reading, e.g. {chunks_example}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrecon", description="Gap-free satellite image time series.")
     parser.add_argument("--version", action="version", version=f"xrecon {__version__}")
@@ -159,13 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 5D), or omitted for the optical times",
     )
     f.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
-    f.add_argument("--optical", default="optical", help="optical variable name")
-    f.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
-    f.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
+    _add_cube_arguments(f)
     f.add_argument("--edges", default="hold", choices=["hold", "nan"], help="before first / after last clear obs")
     f.add_argument("--no-keep-observed", action="store_true", help="do not pass clear observations through")
     f.add_argument("--option", action="append", default=[], help="method option KEY=VALUE (repeatable)")
-    f.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=512,x=512")
     f.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
     f.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
     f.add_argument("--scheduler", default=None, help="dask scheduler: threads | processes | synchronous")
@@ -180,10 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--holdout", type=float, default=0.2, help="share of clear observations hidden")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
-    e.add_argument("--optical", default="optical")
-    e.add_argument("--sar", default="sar")
-    e.add_argument("--mask", default=None)
-    e.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=512,x=512")
+    _add_cube_arguments(e)
     e.add_argument("--by-gap", action="store_true", help="also score by gap length")
     e.add_argument("--csv", default=None, help="also write the table to this CSV file")
     e.set_defaults(func=_cmd_evaluate)
@@ -199,13 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="torch device; default cuda if available")
     t.add_argument("--validation-fraction", type=float, default=None, help="share of spatial blocks held out")
     t.add_argument("--init", default=None, help="fine-tune from this xrecon checkpoint")
-    t.add_argument("--optical", default="optical", help="optical variable name")
-    t.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
+    _add_cube_arguments(t, chunks_example="y=256,x=256")
     t.add_argument("--no-sar", action="store_true", help="ignore SAR: train an optical-only network")
-    t.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
     t.add_argument("--option", action="append", default=[],
                    help="training or architecture option KEY=VALUE, e.g. lr=5e-4, d_model=64 (repeatable)")
-    t.add_argument("--chunks", default=None, help="spatial chunks for reading, e.g. y=256,x=256")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start again over files of an earlier run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
