@@ -155,6 +155,28 @@ def test_multi_year_cube(ckpt):
     np.testing.assert_allclose(out.optical.sel(time=q).values, alone.optical.values, atol=1e-6)
 
 
+def test_fallback_fills_years_the_network_cannot_see(ckpt):
+    ds = synthetic_cube(ny=4, nx=4, bands=4, start="2019-01-01", end="2021-12-31", seed=3)
+    data = ds.optical.values.copy()
+    in_2020 = pd.DatetimeIndex(ds.time.values).year == 2020
+    data[in_2020, :, 1, 1] = np.nan  # pixel (1, 1): clouded all of 2020, clear in 2019 and 2021
+    ds = ds.assign(optical=ds.optical.copy(data=data))
+    q = pd.date_range("2019-03-01", "2021-11-01", freq="45D")
+    got = ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt).optical.values
+    assert np.isfinite(got).all()
+    q2020 = q.year == 2020
+    harmonic = ds.recon.fill(q, method="harmonic").optical.values
+    np.testing.assert_allclose(got[q2020, :, 1, 1], harmonic[q2020, :, 1, 1], rtol=1e-6)
+    linear = ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt, fallback="linear").optical.values
+    np.testing.assert_allclose(linear[q2020, :, 1, 1], ds.recon.fill(q).optical.values[q2020, :, 1, 1], rtol=1e-6)
+    bare = ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt, fallback=None).optical.values
+    assert np.isnan(bare[q2020, :, 1, 1]).all() and np.isfinite(bare[~q2020]).all()
+    np.testing.assert_array_equal(np.delete(bare.reshape(len(q), 4, -1), 5, -1),
+                                  np.delete(got.reshape(len(q), 4, -1), 5, -1))
+    with pytest.raises(MethodError, match="fallback"):
+        ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt, fallback="kriging")
+
+
 def test_official_weights_on_a_synthetic_ten_band_cube():
     ref = np.load(shared_path("reference", "anytimeformer", "seq2seq_40pct.npz"))
     model = anytimeformer.from_official(

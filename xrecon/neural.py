@@ -12,8 +12,11 @@ observations of the window around year Y, with days counted from the window's st
 year Y itself when the model's time encoding covers one year (``max_day`` <= 367, as for the official
 weights: days 1..366 of Y; a day beyond ``max_day`` is encoded as ``max_day``); a model whose encoding
 covers more days gets ``(max_day - 366) // 2`` days of the neighbouring years on each side, with days
-counted from 1 at the window's start. A pixel without a clear observation in the window is NaN for that
-year's queries.
+counted from 1 at the window's start.
+
+A pixel without a clear observation in a query's window gets nothing from the network; there the
+``fallback`` classical method (option ``fallback=``, default ``"harmonic"``; ``None`` leaves NaN) fills
+from the pixel's whole series, with the ``edges`` rule. A pixel without any clear observation is NaN.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xrecon import methods
 from xrecon.errors import CheckpointError, MethodError
+from xrecon.times import to_days
 
 __all__ = ["check_model", "run_block", "year_windows", "model_to_checkpoint"]
 
 #: Options ``fill`` passes to the networks; anything else is refused.
-NEURAL_OPTIONS = ("precision",)
+NEURAL_OPTIONS = ("precision", "fallback")
+#: The classical method that fills what the network cannot see (see :func:`run_block`).
+DEFAULT_FALLBACK = "harmonic"
 
 # One network call at a time per process and model: torch already spreads a batch over all cores (or
 # the GPU), and concurrent calls from dask's threads would only oversubscribe them.
@@ -97,6 +104,11 @@ def check_model(
     unknown = sorted(set(options) - set(NEURAL_OPTIONS))
     if unknown:
         raise MethodError(f"the networks take the options {list(NEURAL_OPTIONS)}; got {unknown}")
+    fallback = options.get("fallback", DEFAULT_FALLBACK)
+    if fallback is not None and fallback not in methods.list_methods():
+        raise MethodError(
+            f"fallback={fallback!r}: expected None or a classical method, one of {methods.list_methods()}"
+        )
     model = cached_model(checkpoint, sha256, "cpu")
     if model.name != method:
         raise CheckpointError(f"{os.path.basename(checkpoint)!r} holds a {model.name!r} model, not {method!r}")
@@ -168,4 +180,23 @@ def run_block(spec: Any, values: np.ndarray, valid: np.ndarray, sar: np.ndarray 
                 batch_size=spec.batch_size, device=spec.device, precision=precision,
             )
         out[:, qi[:, None], opt_idx[None, :]] = pred
+    fallback = dict(spec.options).get("fallback", DEFAULT_FALLBACK)
+    if fallback is not None:
+        _fill_from_classical(out, spec, values, valid, fallback)
     return out
+
+
+def _fill_from_classical(out: np.ndarray, spec: Any, values: np.ndarray, valid: np.ndarray, method: str) -> None:
+    """Where the network gave nothing (no clear observation in a query's year window) but the pixel has
+    clear observations in other years, use a classical method over the whole series, in place."""
+    gap = np.isnan(out).any(axis=-1)  # (N, Tq)
+    rows = np.flatnonzero(gap.any(axis=1) & valid.any(axis=1))
+    if rows.size == 0:
+        return
+    kernel = methods.get_method(method)
+    t = to_days(np.asarray(spec.times, dtype="datetime64[ns]"))
+    tq = to_days(np.asarray(spec.query_times, dtype="datetime64[ns]"))
+    classical = kernel(values[rows], valid[rows], t, tq, edges=spec.edges)
+    part, where = out[rows], gap[rows]
+    part[where] = classical[where]
+    out[rows] = part
