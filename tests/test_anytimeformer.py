@@ -187,6 +187,18 @@ def test_batch_size_does_not_change_results(tiny):
     np.testing.assert_allclose(runs[0], runs[2], atol=1e-6)
 
 
+def test_worker_threads_give_the_same_results(tiny):
+    optical, valid, opt_doy, sar, sar_doy = _inputs(np.random.default_rng(11), 37, 8, 11)
+    threads = torch.get_num_threads()
+    one = tiny.predict_pixels(optical, valid, opt_doy, sar, sar_doy, [10, 20], batch_size=4, device="cpu")
+    many = tiny.predict_pixels(optical, valid, opt_doy, sar, sar_doy, [10, 20], batch_size=4, device="cpu",
+                               workers=3)
+    np.testing.assert_array_equal(one, many)
+    assert torch.get_num_threads() == threads
+    with pytest.raises(XreconError, match="workers"):
+        tiny.predict_pixels(optical, valid, opt_doy, sar, sar_doy, [10], device="cpu", workers=0)
+
+
 def test_query_defaults_to_optical_dates(tiny):
     optical, valid, opt_doy, sar, sar_doy = _inputs(np.random.default_rng(5), 3, 6, 7)
     a = tiny.predict_pixels(optical, valid, opt_doy, sar, sar_doy, device="cpu")
