@@ -73,7 +73,10 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_store(tmp_path):
 
 def test_cli_evaluate(cube_path, tmp_path, capsys):
     csv = tmp_path / "table.csv"
-    assert main(["evaluate", str(cube_path), "--methods", "linear,whittaker", "--csv", str(csv)]) == 0
+    png = tmp_path / "table.png"
+    assert main(["evaluate", str(cube_path), "--methods", "linear,whittaker", "--csv", str(csv), "--by-gap",
+                 "--plot", str(png)]) == 0
+    assert png.stat().st_size > 5000
     printed = capsys.readouterr().out
     assert "rmse" in printed and "whittaker" in printed
     import pandas as pd

@@ -59,3 +59,21 @@ def test_gap_block():
 def test_bad_holdout(cube):
     with pytest.raises(XreconError, match="holdout"):
         cube.recon.evaluate(["linear"], holdout=1.5)
+
+
+def test_plot_evaluation(cube, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xrecon.evaluate import plot_evaluation
+
+    table = cube.recon.evaluate(["linear", "whittaker"], holdout=0.3, by_gap=True)
+    fig = plot_evaluation(table, "mae", path=tmp_path / "eval.png")
+    bars = [p for p in fig.axes[0].patches]
+    assert len(bars) == 2 * 4  # two methods x four bands
+    heights = sorted(round(b.get_height(), 8) for b in bars)
+    expected = sorted(round(v, 8) for v in table[(table.gap == "all") & (table.band != "all")].mae)
+    assert heights == expected
+    assert len(fig.axes[1].lines) == 2 and (tmp_path / "eval.png").stat().st_size > 5000
+    with pytest.raises(XreconError, match="metric"):
+        plot_evaluation(table, "accuracy")

@@ -103,6 +103,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
+    if args.plot:
+        from xrecon.evaluate import plot_evaluation
+
+        plot_evaluation(table, path=args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -188,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cube_arguments(e)
     e.add_argument("--by-gap", action="store_true", help="also score by gap length")
     e.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    e.add_argument("--plot", default=None, help="also plot RMSE per band (and by gap) to this image file")
     e.set_defaults(func=_cmd_evaluate)
 
     t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint")

@@ -20,7 +20,7 @@ from xrecon.errors import XreconError
 from xrecon.fill import NEURAL_METHODS, fill
 from xrecon.times import to_days
 
-__all__ = ["evaluate", "gap_lengths", "DEFAULT_GAP_BINS"]
+__all__ = ["evaluate", "gap_lengths", "plot_evaluation", "DEFAULT_GAP_BINS"]
 
 #: Gap-length classes in days (the length of the gap a hidden observation sits in).
 DEFAULT_GAP_BINS = (0, 15, 30, 60, 120, np.inf)
@@ -186,3 +186,60 @@ def evaluate(
         sums = {k: np.asarray(v) for k, v in sums.items()}
         rows += _rows(method, sums, cube.bands, groups[g][0])
     return pd.DataFrame(rows)
+
+
+def plot_evaluation(table: pd.DataFrame, metric: str = "rmse", *, path: str | os.PathLike | None = None) -> Any:
+    """Plot an :func:`evaluate` table: ``metric`` per band and method, and by gap length when scored so.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        What :func:`evaluate` (or ``ds.recon.evaluate``) returned.
+    metric : {"rmse", "mae", "r2", "sam"}
+    path : path, optional
+        Also save the figure there (PNG, PDF... by extension).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from xrecon.testing import synthetic_cube
+    >>> table = evaluate(synthetic_cube(ny=8, nx=8), ["linear", "whittaker"], by_gap=True)
+    >>> fig = plot_evaluation(table)
+    >>> len(fig.axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    if metric not in table.columns:
+        raise XreconError(f"metric {metric!r} is not a column of the table; expected one of {list(table.columns)}")
+    overall = table[table["gap"] == "all"] if "gap" in table.columns else table
+    by_gap = table[table["gap"] != "all"] if "gap" in table.columns else None
+    methods_ = list(dict.fromkeys(overall["method"]))
+    bands = [b for b in dict.fromkeys(overall["band"]) if metric == "sam" or b != "all"] or ["all"]
+    fig, axes = plt.subplots(1, 2 if by_gap is not None else 1, figsize=(11 if by_gap is not None else 6, 4),
+                             layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    width = 0.8 / max(len(methods_), 1)
+    for k, method in enumerate(methods_):
+        rows = overall[overall["method"] == method].set_index("band")
+        ax.bar(np.arange(len(bands)) + k * width, [rows[metric].get(b, np.nan) for b in bands], width, label=method)
+    ax.set_xticks(np.arange(len(bands)) + width * (len(methods_) - 1) / 2, bands)
+    ax.set_ylabel(metric.upper())
+    ax.set_title(f"{metric.upper()} on hidden observations")
+    ax.legend()
+    if by_gap is not None:
+        ax = axes[0, 1]
+        band = "all" if (by_gap["band"] == "all").any() else bands[0]
+        for method in methods_:
+            rows = by_gap[(by_gap["method"] == method) & (by_gap["band"] == band)]
+            ax.plot(rows["gap"], rows[metric], "o-", label=method)
+        ax.set_xlabel("gap length")
+        ax.set_ylabel(metric.upper())
+        ax.set_title(f"{metric.upper()} by gap length ({'all bands' if band == 'all' else band})")
+        ax.legend()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
