@@ -189,3 +189,14 @@ def test_official_weights_on_a_synthetic_ten_band_cube():
     assert list(out.band.values) == list(anytimeformer.OFFICIAL_OPTICAL_BANDS)
     # plausible reflectance, not garbage
     assert 0.0 < float(out.optical.median()) < 0.5
+
+
+def test_distributed_processes_equal_threads(cube, ckpt):
+    """Two worker processes each load the model from the path in the graph and give the same result."""
+    distributed = pytest.importorskip("distributed")
+    lazy = cube.recon.fill("6D", method="anytimeformer", checkpoint=ckpt)
+    expected = lazy.compute(scheduler="threads")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        with distributed.Client(lc):
+            got = lazy.compute()
+    xr.testing.assert_identical(got, expected)
