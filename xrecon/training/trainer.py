@@ -436,6 +436,288 @@ def _save(model: XreconModel, path: Path, metadata: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# the run: what train() resolves and sets up, and one session of training
+
+
+@dataclass
+class _Progress:
+    """How far a run has got: what the last checkpoint saves and a resumed run starts from."""
+
+    step: int = 0
+    best: float = math.inf
+    best_step: int | None = None
+    last_val: tuple[float, float] = (math.nan, math.nan)
+    pixels: int = 0
+    train_seconds: float = 0.0
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Progress:
+        return cls(step=int(state["step"]), best=float(state["best"]), best_step=state["best_step"],
+                   last_val=tuple(state["last_val"]), pixels=int(state["pixels"]),
+                   train_seconds=float(state["train_seconds"]))
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The cubes as the model sees them, the stream's settings and the spatial hold-out."""
+
+    cubes: list[xr.Dataset]
+    bands: list[str]
+    sar_bands: list[str] | None  # None when the model takes no SAR
+    stream_kw: dict[str, Any]
+    block: int | None
+    grid: PixelStream  # unseeded, only for the blocks' geometry
+    train_blocks: np.ndarray
+    val_blocks: np.ndarray
+
+
+def _resolve_options(method: str, cubes: xr.Dataset | Sequence[xr.Dataset], config: TrainConfig | None,
+                     options: Mapping[str, Any], shortcuts: Mapping[str, Any],
+                     ) -> tuple[list[xr.Dataset], TrainConfig, dict[str, Any], dict[str, Any]]:
+    """(cubes, settings, the training settings given explicitly, the architecture options)."""
+    from xrecon.models.anytimeformer import AnytimeFormerConfig
+
+    if method not in TRAINABLE:
+        raise MethodError(f"train(method={method!r}): trainable methods are {list(TRAINABLE)}")
+    if isinstance(cubes, xr.Dataset):
+        cubes = [cubes]
+    cubes = list(cubes)
+    if not cubes:
+        raise CubeError("train needs at least one cube")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    arch_fields = {f.name for f in dataclasses.fields(AnytimeFormerConfig)} - {"n_optical_bands", "n_sar_bands"}
+    unknown = sorted(set(options) - train_fields - arch_fields)
+    if unknown:
+        raise MethodError(f"train: unknown options {unknown}; training options: {sorted(train_fields)}; "
+                          f"architecture options: {sorted(arch_fields)}")
+    explicit = {k: v for k, v in options.items() if k in train_fields}
+    explicit.update((k, v) for k, v in shortcuts.items() if v is not None)
+    architecture = {k: v for k, v in options.items() if k in arch_fields}
+    return cubes, dataclasses.replace(config or TrainConfig(), **explicit), explicit, architecture
+
+
+def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: Mapping[str, Any],
+                    architecture: Mapping[str, Any], method: str, init: Any, resume: bool, overwrite: bool,
+                    ) -> tuple[TrainConfig, XreconModel | None, dict[str, Any] | None]:
+    """(settings, model to start from, resume state): the last checkpoint's, ``init``, or none (from scratch)."""
+    best_path, last_path, _ = paths
+    if resume and last_path.is_file():
+        model_obj = _load_init(last_path, method)
+        state = model_obj.metadata.get("resume")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{last_path.name!r} holds no training state to resume from")
+        saved = TrainConfig.from_dict(state["config"])
+        changed = sorted(k for k, v in explicit.items() if k != "steps" and getattr(saved, k) != v)
+        changed += sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+        if changed:
+            raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
+                              "(start a new run in another file to change them)")
+        return dataclasses.replace(saved, steps=cfg.steps if "steps" in explicit else saved.steps), model_obj, state
+    if not overwrite and (best_path.exists() or last_path.exists()):
+        raise OutputExistsError(f"{os.fspath(best_path)!r} or its last checkpoint exists; pass resume=True to "
+                                "continue that run or overwrite=True to start again")
+    if init is None:
+        return cfg, None, None
+    model_obj = _load_init(init, method)
+    changed = sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+    if changed:
+        raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
+    return cfg, model_obj, None
+
+
+def _prepare_data(cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: XreconModel | None,
+                  state: Mapping[str, Any] | None, optical: Hashable, sar: Hashable | None,
+                  mask: Hashable | None) -> _Data:
+    """The cubes as the model will see them (only its variables, bands in its order), and the hold-out."""
+    parts = [validate(ds, optical=optical, sar=sar, mask=mask) for ds in cubes]
+    bands = [str(b) for b in parts[0].bands]
+    sar_bands = [str(b) for b in parts[0].sar_bands] if parts[0].sar is not None else None
+    if model_obj is not None:
+        _check_bands(model_obj, bands, sar_bands, "the resumed model" if state else "init")
+    use_sar = sar_bands is not None and (model_obj is None or model_obj.config.n_sar_bands > 0)
+    sar_name = sar if use_sar else None
+    keep = [optical] + ([mask] if mask is not None else []) + ([sar_name] if use_sar else [])
+    selected = []
+    for ds in cubes:
+        ds = ds[keep]
+        if model_obj is not None and model_obj.optical_bands is not None:
+            ds = ds.sel(band=model_obj.optical_bands)
+        if use_sar and model_obj is not None and model_obj.sar_bands is not None:
+            ds = ds.sel(sar_band=model_obj.sar_bands)
+        selected.append(ds)
+
+    block = _block_size(selected, optical, cfg.block)
+    stream_kw = dict(optical=optical, sar=sar_name, mask=mask, window=cfg.window, min_obs=cfg.min_obs,
+                     block=block, gaps=cfg.gaps)
+    grid = PixelStream(selected, **stream_kw)
+    if state is not None:  # the saved hold-out, whatever the seed would pick now
+        val_blocks = np.asarray(state["validation_blocks"], dtype=np.int64).reshape(-1, 3)
+        is_val = {tuple(v) for v in val_blocks.tolist()}
+        train_blocks = np.array([b for b in grid.blocks.tolist() if tuple(b) not in is_val], np.int64)
+    else:
+        train_blocks, val_blocks = _split_blocks(grid.blocks, cfg.validation_fraction, cfg.seed)
+    return _Data(selected, bands, sar_bands if use_sar else None, stream_kw, block, grid, train_blocks, val_blocks)
+
+
+def _model_to_train(model_obj: XreconModel | None, model: str | Any, architecture: Mapping[str, Any], data: _Data,
+                    state: Mapping[str, Any] | None, init: Any) -> tuple[XreconModel, Any]:
+    """(the model, where its weights came from): a new one unless resuming or fine-tuning.
+
+    Draws the initial weights from the global random state: call it right after seeding.
+    """
+    if model_obj is not None:
+        return model_obj, (state or {}).get("init") if state else _describe_init(init, model_obj)
+    optical, sar, mask = (data.stream_kw[k] for k in ("optical", "sar", "mask"))
+    stats = _training_stats(data.cubes, data.grid, data.train_blocks, optical, sar, mask)
+    n_sar = len(data.sar_bands) if data.sar_bands is not None else 0
+    model_obj = _new_model(model, architecture, len(data.bands), n_sar)
+    model_obj.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
+    model_obj.optical_bands = data.bands
+    model_obj.sar_bands = data.sar_bands
+    return model_obj, None
+
+
+class _Run:
+    """One session of training: network, optimizer, stream, progress, and the files they are saved to.
+
+    Built inside the run's seeded random state: the stream, validation set and a resumed random
+    state are set up in the order a fresh and a resumed run share.
+    """
+
+    def __init__(self, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None, init_source: Any,
+                 paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype, t_start: float) -> None:
+        self.cfg, self.net, self.data, self.init_source = cfg, net, data, init_source
+        self.dev, self.amp, self.t_start = dev, amp, t_start
+        self.best_path, self.last_path, log_path = paths
+        self.norm = net.normalization  # buffers, fixed during training: read once (numpy)
+        self.stream = PixelStream(data.cubes, **data.stream_kw, seed=cfg.seed, batch_size=cfg.batch_size,
+                                  buffer_size=cfg.buffer_size, blocks=data.train_blocks)
+        self.val_batches = _validation_batches(data.cubes, data.stream_kw, data.val_blocks, cfg)
+        self.optimizer = torch.optim.AdamW(_decay_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+        self.p = _Progress()
+        if state is not None:
+            self._restore(state)
+        self.log = _Log(log_path, self.p.step if state is not None else None)
+        # Training time excludes validation, and adds up over resumed sessions.
+        self.val_seconds, self.session_start, self.session_base = 0.0, time.perf_counter(), self.p.train_seconds
+        self.sums = torch.zeros(4, device=dev)  # total, imputation, reconstruction, tv since the last log row
+        self.n_sum = 0
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["rng"])
+        if self.dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.dev)
+        self.p = _Progress.from_state(state)
+
+    def provenance(self) -> dict[str, Any]:
+        p, data = self.p, self.data
+        return {
+            "steps": p.step, "seed": self.cfg.seed, "config": self.cfg.to_dict(),
+            "architecture": dataclasses.asdict(self.net.config),
+            "best_step": p.best_step, "best_val_loss": p.best, "val_loss": p.last_val[0], "val_rmse": p.last_val[1],
+            "pixels": p.pixels, "train_seconds": p.train_seconds, "device": str(self.dev), "precision": str(self.amp),
+            "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": self.init_source,
+            "validation_blocks": data.val_blocks.tolist(), "block": data.block,
+            "normalization": {k: v.tolist() for k, v in self.norm.items()},
+        }
+
+    def save_best(self) -> None:
+        _save(self.net, self.best_path, {"training": self.provenance()})
+
+    def save_last(self) -> None:
+        p, dev = self.p, self.dev
+        resume_state = {
+            "config": self.cfg.to_dict(), "step": p.step, "best": p.best, "best_step": p.best_step,
+            "last_val": list(p.last_val), "pixels": p.pixels, "train_seconds": p.train_seconds,
+            "validation_blocks": self.data.val_blocks.tolist(), "init": self.init_source,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "stream": self.stream.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        }
+        _save(self.net, self.last_path, {"training": self.provenance(), "resume": resume_state})
+
+    def clock(self) -> None:
+        self.p.train_seconds = self.session_base + time.perf_counter() - self.session_start - self.val_seconds
+
+    def validate(self) -> None:
+        """Score the validation set, and save the best model when it improves."""
+        p, t0 = self.p, time.perf_counter()
+        p.last_val = _validate(self.net, self.val_batches, self.cfg, self.amp, self.dev)
+        self.val_seconds += time.perf_counter() - t0
+        self.clock()
+        if p.last_val[0] < p.best or p.best_step is None:
+            p.best, p.best_step = p.last_val[0], p.step
+            self.save_best()
+
+    def begin(self) -> None:
+        """A new run's step 0: the starting point's validation, and a last checkpoint to resume from."""
+        if self.val_batches:
+            self.validate()
+            self.log.write({"step": 0, "epoch": 0, "val_loss": self.p.last_val[0], "val_rmse": self.p.last_val[1],
+                            "pixels": 0, "seconds": time.perf_counter() - self.t_start})
+        self.save_last()
+
+    def optimizer_step(self, batch: Mapping[str, torch.Tensor], lr: float) -> None:
+        cfg = self.cfg
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        b = standardize_batch(_to(batch, self.dev), self.norm)
+        pred, dense = _forward(self.net, b, cfg, self.amp, self.dev)
+        terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
+                                    reconstruction_weight=cfg.reconstruction_weight, dense=dense,
+                                    tv_weight=cfg.tv_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.stream.mark_consumed(batch)
+        self.p.step += 1
+        self.p.pixels += int(batch["optical"].shape[0])
+        self.sums += torch.stack([t.detach().float() for t in terms])  # no sync with the GPU here
+        self.n_sum += 1
+
+    def log_row(self, epoch: int, lr: float, validated: bool) -> dict[str, Any]:
+        """Write the mean losses since the last row (validating first if due) and start a new mean."""
+        p = self.p
+        self.clock()
+        if validated:
+            self.validate()
+        mean = (self.sums / self.n_sum).tolist()
+        row = {"step": p.step, "epoch": epoch, "lr": lr, "loss": mean[0], "imputation": mean[1],
+               "reconstruction": mean[2], "tv": mean[3], "pixels": p.pixels,
+               "seconds": time.perf_counter() - self.t_start}
+        if validated:
+            row.update(val_loss=p.last_val[0], val_rmse=p.last_val[1])
+        self.log.write(row)
+        self.sums.zero_()
+        self.n_sum = 0
+        return row
+
+    def checkpoint(self, row: Mapping[str, Any], callback: Callable[[dict[str, Any]], bool | None] | None) -> bool:
+        """Save what is due after a log row; True when the callback asks to stop."""
+        p, cfg = self.p, self.cfg
+        if not self.val_batches and p.step % cfg.checkpoint_interval == 0:
+            self.save_best()  # without validation, the best model is the latest
+        stop = callback is not None and callback(dict(row)) is True
+        if stop or (p.step % cfg.checkpoint_interval == 0 and p.step < cfg.steps):
+            self.save_last()  # (the final state is saved by finish)
+        return stop
+
+    def finish(self) -> None:
+        self.clock()
+        if not self.val_batches:
+            self.save_best()
+        self.save_last()
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -521,236 +803,54 @@ def train(
     ...                       progress=False)  # doctest: +SKIP
     >>> filled = ds.recon.fill("10D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
     """
-    from xrecon.models.anytimeformer import AnytimeFormerConfig
-
     t_start = time.perf_counter()
-    if method not in TRAINABLE:
-        raise MethodError(f"train(method={method!r}): trainable methods are {list(TRAINABLE)}")
-    if isinstance(cubes, xr.Dataset):
-        cubes = [cubes]
-    cubes = list(cubes)
-    if not cubes:
-        raise CubeError("train needs at least one cube")
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    arch_fields = {f.name for f in dataclasses.fields(AnytimeFormerConfig)} - {"n_optical_bands", "n_sar_bands"}
-    unknown = sorted(set(options) - train_fields - arch_fields)
-    if unknown:
-        raise MethodError(f"train: unknown options {unknown}; training options: {sorted(train_fields)}; "
-                          f"architecture options: {sorted(arch_fields)}")
-    explicit = {k: v for k, v in options.items() if k in train_fields}
-    for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed),
-                 ("validation_fraction", validation_fraction)):
-        if v is not None:
-            explicit[k] = v
-    architecture = {k: v for k, v in options.items() if k in arch_fields}
-    cfg = dataclasses.replace(config or TrainConfig(), **explicit)
-
-    best_path, last_path, log_path = training_files(out)
-    state: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        model_obj = _load_init(last_path, method)
-        state = model_obj.metadata.get("resume")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{last_path.name!r} holds no training state to resume from")
-        saved = TrainConfig.from_dict(state["config"])
-        changed = sorted(k for k, v in explicit.items() if k != "steps" and getattr(saved, k) != v)
-        changed += sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
-        if changed:
-            raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
-                              "(start a new run in another file to change them)")
-        cfg = dataclasses.replace(saved, steps=cfg.steps if "steps" in explicit else saved.steps)
-    elif not overwrite and (best_path.exists() or last_path.exists()):
-        raise OutputExistsError(f"{os.fspath(best_path)!r} or its last checkpoint exists; pass resume=True to "
-                                "continue that run or overwrite=True to start again")
-    elif init is not None:
-        model_obj = _load_init(init, method)
-        changed = sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
-        if changed:
-            raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
-    else:
-        model_obj = None
-
-    # The cube as the model will see it: only its variables, bands in the model's order.
-    parts = [validate(ds, optical=optical, sar=sar, mask=mask) for ds in cubes]
-    bands = [str(b) for b in parts[0].bands]
-    sar_bands = [str(b) for b in parts[0].sar_bands] if parts[0].sar is not None else None
-    if model_obj is not None:
-        _check_bands(model_obj, bands, sar_bands, "the resumed model" if state else "init")
-    use_sar = sar_bands is not None and (model_obj is None or model_obj.config.n_sar_bands > 0)
-    sar_name = sar if use_sar else None
-    keep = [optical] + ([mask] if mask is not None else []) + ([sar_name] if use_sar else [])
-    selected = []
-    for ds in cubes:
-        ds = ds[keep]
-        if model_obj is not None and model_obj.optical_bands is not None:
-            ds = ds.sel(band=model_obj.optical_bands)
-        if use_sar and model_obj is not None and model_obj.sar_bands is not None:
-            ds = ds.sel(sar_band=model_obj.sar_bands)
-        selected.append(ds)
-    cubes = selected
-
-    block = _block_size(cubes, optical, cfg.block)
-    stream_kw = dict(optical=optical, sar=sar_name, mask=mask, window=cfg.window, min_obs=cfg.min_obs,
-                     block=block, gaps=cfg.gaps)
-    grid = PixelStream(cubes, **stream_kw)
-    if state is not None:
-        val_blocks = np.asarray(state["validation_blocks"], dtype=np.int64).reshape(-1, 3)
-        is_val = {tuple(v) for v in val_blocks.tolist()}
-        train_blocks = np.array([b for b in grid.blocks.tolist() if tuple(b) not in is_val], np.int64)
-    else:
-        train_blocks, val_blocks = _split_blocks(grid.blocks, cfg.validation_fraction, cfg.seed)
-
+    shortcuts = dict(steps=steps, batch_size=batch_size, seed=seed, validation_fraction=validation_fraction)
+    cubes, cfg, explicit, architecture = _resolve_options(method, cubes, config, options, shortcuts)
+    paths = training_files(out)
+    cfg, model_obj, state = _starting_point(paths, cfg, explicit, architecture, method, init, resume, overwrite)
+    data = _prepare_data(cubes, cfg, model_obj, state, optical, sar, mask)
     dev = resolve_device(device)
     amp = _amp_dtype(cfg.precision, dev)
-    stats = None
     rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         # Our own seeded random state for the weights and dropout; the caller's is restored afterwards.
         torch.manual_seed(cfg.seed)
-        if model_obj is None:
-            stats = _training_stats(cubes, grid, train_blocks, optical, sar_name, mask)
-            model_obj = _new_model(model, architecture, len(bands), len(sar_bands) if use_sar else 0)
-            model_obj.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
-            model_obj.optical_bands = bands
-            model_obj.sar_bands = sar_bands if use_sar else None
-            init_source = None
-        else:
-            init_source = (state or {}).get("init") if state else _describe_init(init, model_obj)
-        net = model_obj.to(dev).train()
-        norm = net.normalization  # buffers, fixed during training: read once (numpy)
-
-        stream = PixelStream(cubes, **stream_kw, seed=cfg.seed, batch_size=cfg.batch_size,
-                             buffer_size=cfg.buffer_size, blocks=train_blocks)
-        val_batches = _validation_batches(cubes, stream_kw, val_blocks, cfg)
-        optimizer = torch.optim.AdamW(_decay_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-        scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
-        step, best, best_step, last_val = 0, math.inf, None, (math.nan, math.nan)
-        pixels, train_seconds = 0, 0.0
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            stream.load_state_dict(state["stream"])
-            torch.set_rng_state(state["rng"])
-            if dev.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], dev)
-            step, best, best_step = int(state["step"]), float(state["best"]), state["best_step"]
-            pixels, train_seconds = int(state["pixels"]), float(state["train_seconds"])
-            last_val = tuple(state["last_val"])
-        log = _Log(log_path, step if state is not None else None)
-
-        def provenance() -> dict[str, Any]:
-            return {
-                "steps": step, "seed": cfg.seed, "config": cfg.to_dict(),
-                "architecture": dataclasses.asdict(net.config),
-                "best_step": best_step, "best_val_loss": best, "val_loss": last_val[0], "val_rmse": last_val[1],
-                "pixels": pixels, "train_seconds": train_seconds, "device": str(dev), "precision": str(amp),
-                "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": init_source,
-                "validation_blocks": val_blocks.tolist(), "block": block,
-                "normalization": {k: v.tolist() for k, v in norm.items()},
-            }
-
-        def save_last() -> None:
-            resume_state = {
-                "config": cfg.to_dict(), "step": step, "best": best, "best_step": best_step,
-                "last_val": list(last_val), "pixels": pixels, "train_seconds": train_seconds,
-                "validation_blocks": val_blocks.tolist(), "init": init_source,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "stream": stream.state_dict(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-            }
-            _save(net, last_path, {"training": provenance(), "resume": resume_state})
-
-        val_seconds, session_start, session_base = 0.0, time.perf_counter(), train_seconds
-
-        def validate_now() -> None:
-            nonlocal best, best_step, last_val, val_seconds, train_seconds
-            t0 = time.perf_counter()
-            last_val = _validate(net, val_batches, cfg, amp, dev)
-            val_seconds += time.perf_counter() - t0
-            train_seconds = session_base + time.perf_counter() - session_start - val_seconds
-            if last_val[0] < best or best_step is None:
-                best, best_step = last_val[0], step
-                _save(net, best_path, {"training": provenance()})
-
+        model_obj, init_source = _model_to_train(model_obj, model, architecture, data, state, init)
+        run = _Run(cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start)
         if state is None:
-            if val_batches:
-                validate_now()  # the starting point, step 0
-                log.write({"step": 0, "epoch": 0, "val_loss": last_val[0], "val_rmse": last_val[1],
-                           "pixels": 0, "seconds": time.perf_counter() - t_start})
-            save_last()
+            run.begin()
 
-        bar = _bar(progress, step, cfg.steps)
-        sums = torch.zeros(4, device=dev)  # total, imputation, reconstruction, tv since the last log row
-        n_sum, stop = 0, False
-        epoch = stream.epoch
-        while step < cfg.steps and not stop:
-            stream.set_epoch(epoch)
-            fresh = not stream.state_dict()["consumed"]
-            got = False
+        p, bar = run.p, _bar(progress, run.p.step, cfg.steps)
+        stop, epoch = False, run.stream.epoch
+        while p.step < cfg.steps and not stop:
+            run.stream.set_epoch(epoch)
+            fresh, got = not run.stream.state_dict()["consumed"], False
             # The loader's own generator: creating an iterator would otherwise draw from the global
             # random state that dropout uses, and a resumed run creates one more iterator.
-            loader = pixel_loader(stream, num_workers=cfg.num_workers,
+            loader = pixel_loader(run.stream, num_workers=cfg.num_workers,
                                   generator=torch.Generator().manual_seed(cfg.seed))
             for batch in loader:
-                if step >= cfg.steps:
+                if p.step >= cfg.steps:
                     break
-                got = True
-                lr = _lr_at(step, cfg)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                b = standardize_batch(_to(batch, dev), norm)
-                pred, dense = _forward(net, b, cfg, amp, dev)
-                terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
-                                            reconstruction_weight=cfg.reconstruction_weight, dense=dense,
-                                            tv_weight=cfg.tv_weight)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms.total).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                stream.mark_consumed(batch)
-                step += 1
-                pixels += int(batch["optical"].shape[0])
-                sums += torch.stack([t.detach().float() for t in terms])  # no sync with the GPU here
-                n_sum += 1
+                got, lr = True, _lr_at(p.step, cfg)
+                run.optimizer_step(batch, lr)
                 bar.update(1)
-
-                validated = bool(val_batches) and (step % cfg.validation_interval == 0 or step == cfg.steps)
-                if not (step % cfg.log_interval == 0 or validated or step == cfg.steps):
+                validated = bool(run.val_batches) and (p.step % cfg.validation_interval == 0 or p.step == cfg.steps)
+                if not (p.step % cfg.log_interval == 0 or validated or p.step == cfg.steps):
                     continue
-                train_seconds = session_base + time.perf_counter() - session_start - val_seconds
-                if validated:
-                    validate_now()
-                mean = (sums / n_sum).tolist()
-                row = {"step": step, "epoch": epoch, "lr": lr, "loss": mean[0], "imputation": mean[1],
-                       "reconstruction": mean[2], "tv": mean[3], "pixels": pixels,
-                       "seconds": time.perf_counter() - t_start}
-                if validated:
-                    row.update(val_loss=last_val[0], val_rmse=last_val[1])
-                log.write(row)
-                bar.set_postfix(loss=f"{mean[0]:.4f}", val=f"{last_val[0]:.4f}", refresh=False)
-                sums.zero_()
-                n_sum = 0
-                if not val_batches and step % cfg.checkpoint_interval == 0:
-                    _save(net, best_path, {"training": provenance()})
-                stop = callback is not None and callback(dict(row)) is True
-                if stop or (step % cfg.checkpoint_interval == 0 and step < cfg.steps):
-                    save_last()  # (the final state is saved after the loop)
-                if stop or step >= cfg.steps:
+                row = run.log_row(epoch, lr, validated)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{p.last_val[0]:.4f}", refresh=False)
+                stop = run.checkpoint(row, callback)
+                if stop or p.step >= cfg.steps:
                     break
             if not got and fresh:
                 raise CubeError(f"no pixel-year of the training blocks has {cfg.min_obs} clear observations "
                                 "(min_obs); nothing to train on")
-            if not stop and step < cfg.steps:
+            if not stop and p.step < cfg.steps:
                 epoch += 1
         bar.close()
-        train_seconds = session_base + time.perf_counter() - session_start - val_seconds
-        if not val_batches:
-            _save(net, best_path, {"training": provenance()})
-        save_last()
-    return best_path
+        run.finish()
+    return paths[0]
 
 
 def _describe_init(init: Any, model: XreconModel) -> dict[str, Any]:
