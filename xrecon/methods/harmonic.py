@@ -117,10 +117,12 @@ def fill_harmonic(
     # NaN or garbage there never reaches the sums
     y = np.where(valid[:, None, :], values.transpose(0, 2, 1), np.float64(0.0))
     w = valid.astype(np.float64)
-    # Normal equations for all pixels with two matrix products: sum_t w x_p x_q and sum_t w x_p y.
+    # Normal equations sum_t w x_p x_q and sum_t w x_p y as stacked matrix products, one small product per
+    # pixel: a single (N, T) @ (T, K) product lets BLAS pick other kernels (other summation orders) for
+    # other numbers of pixels, which made a chunked fill differ from an unchunked one in the last bit.
     xx = (x[:, :, None] * x[:, None, :]).reshape(nt, n_par * n_par)
-    a = (w @ xx).reshape(n, n_par, n_par)
-    b = (y.reshape(n * nc, nt) @ x).reshape(n, nc, n_par).transpose(0, 2, 1)  # (N, P, C)
+    a = np.matmul(w[:, None, :], xx).reshape(n, n_par, n_par)
+    b = np.matmul(y, x).transpose(0, 2, 1)  # (N, C, T) @ (T, P) -> (N, P, C)
 
     inactive = ~active
     pair_off = inactive[:, :, None] | inactive[:, None, :]
@@ -130,14 +132,13 @@ def fill_harmonic(
     b = np.where(inactive[:, :, None], 0.0, b)
     coef = np.linalg.solve(a, b)  # (N, P, C)
 
-    # The fit at the queries, one matrix product for all pixels ...
+    # The fit at the queries, again one product per pixel ...
     xq = _design(tq, order, period, trend, t_ref)  # (Tq, P)
-    coef_t = coef.transpose(0, 2, 1).reshape(n * nc, n_par)
-    out = (coef_t @ xq.T).reshape(n, nc, tq.size).transpose(0, 2, 1)  # (N, Tq, C)
+    out = np.matmul(xq, coef)  # (Tq, P) @ (N, P, C) -> (N, Tq, C)
     # ... then the edges rule: outside a pixel's clear interval, the fit at its first / last clear date
     if edges == "hold" and sup.outside.any():
-        at_first = np.einsum("np,npc->nc", x[sup.first], coef)
-        at_last = np.einsum("np,npc->nc", x[sup.last], coef)
+        at_first = np.matmul(x[sup.first][:, None, :], coef)[:, 0]  # (N, C)
+        at_last = np.matmul(x[sup.last][:, None, :], coef)[:, 0]
         before = tq[None, :] < t[sup.first][:, None]
         out = np.where(before[:, :, None], at_first[:, None, :], out)
         out = np.where((sup.outside & ~before)[:, :, None], at_last[:, None, :], out)
