@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,14 +65,22 @@ class FillSpec:
     checkpoint_sha256: str | None = None
     batch_size: int | None = None
     device: str | None = None
-    bands: tuple[str, ...] = field(default=())
-    sar_bands: tuple[str, ...] | None = None
     model_bands: tuple[int, ...] | None = None  # cube band index of each model input band
     model_sar_bands: tuple[int, ...] | None = None  # likewise for SAR; None = SAR not used
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.options)
+
+    @property
+    def days(self) -> np.ndarray:
+        """Observation times as float days since 1970, for the kernels."""
+        return to_days(np.asarray(self.times, dtype="datetime64[ns]"))
+
+    @property
+    def query_days(self) -> np.ndarray:
+        """Query times as float days since 1970, for the kernels."""
+        return to_days(np.asarray(self.query_times, dtype="datetime64[ns]"))
 
 
 def _run_method(
@@ -84,9 +92,7 @@ def _run_method(
 
         return run_block(spec, values, valid, sar)
     kernel = methods.get_method(spec.method)
-    t = to_days(np.asarray(spec.times, dtype="datetime64[ns]"))
-    tq = to_days(np.asarray(spec.query_times, dtype="datetime64[ns]"))
-    return kernel(values, valid, t, tq, edges=spec.edges, **spec.kwargs)
+    return kernel(values, valid, spec.days, spec.query_days, edges=spec.edges, **spec.kwargs)
 
 
 def _pass_through_index(spec: FillSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -286,8 +292,6 @@ def fill(
         checkpoint_sha256=ckpt_hash,
         batch_size=batch_size,
         device=device,
-        bands=tuple(cube.bands),
-        sar_bands=tuple(cube.sar_bands) if use_sar else None,
         model_bands=model_bands,
         model_sar_bands=model_sar_bands,
     )
@@ -319,7 +323,7 @@ def fill(
     filled = filled.rename(query="time").transpose("time", "band", "y", "x")
     observed = observed.rename(query="time").transpose("time", "y", "x")
     out = xr.Dataset(coords={"time": query}).assign(optical=filled, observed=observed)
-    return _finish(out, ds, cube, spec, method, ckpt_path, options)
+    return _finish(out, ds, cube, spec, options)
 
 
 def _finish(
@@ -327,8 +331,6 @@ def _finish(
     ds: xr.Dataset,
     cube: Cube,
     spec: FillSpec,
-    method: str,
-    ckpt_path: str | None,
     options: Mapping[str, Any],
 ) -> xr.Dataset:
     """Coordinates, CRS and provenance."""
@@ -354,11 +356,11 @@ def _finish(
         out["observed"].attrs["grid_mapping"] = grid_mapping
     out["observed"].attrs["long_name"] = "value is a clear observation passed through"
     out.attrs = {
-        "method": method,
+        "method": spec.method,
         "options": json.dumps({k: v for k, v in sorted(options.items())}, default=str),
         "edges": spec.edges,
         "keep_observed": int(spec.keep_observed),
-        "checkpoint": "" if ckpt_path is None else os.path.basename(ckpt_path),
+        "checkpoint": "" if spec.checkpoint is None else os.path.basename(spec.checkpoint),
         "checkpoint_sha256": spec.checkpoint_sha256 or "",
         "xrecon_version": __version__,
     }

@@ -32,7 +32,6 @@ import pandas as pd
 
 from xrecon import methods
 from xrecon.errors import CheckpointError, MethodError
-from xrecon.times import to_days
 
 __all__ = ["check_model", "run_block", "year_windows", "model_to_checkpoint"]
 
@@ -194,9 +193,7 @@ def _fill_from_classical(out: np.ndarray, spec: Any, values: np.ndarray, valid: 
     if rows.size == 0:
         return
     kernel = methods.get_method(method)
-    t = to_days(np.asarray(spec.times, dtype="datetime64[ns]"))
-    tq = to_days(np.asarray(spec.query_times, dtype="datetime64[ns]"))
-    classical = kernel(values[rows], valid[rows], t, tq, edges=spec.edges)
+    classical = kernel(values[rows], valid[rows], spec.days, spec.query_days, edges=spec.edges)
     part, where = out[rows], gap[rows]
     part[where] = classical[where]
     out[rows] = part
