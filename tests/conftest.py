@@ -22,3 +22,24 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found: {path} (set XRECON_TEST_DATA)")
     return path
+
+
+def assert_fill_close(got, expected, *, atol: float = 1e-6) -> None:
+    """Two ``fill`` results agree: same variables, coordinates, attrs and ``observed``; values to ``atol``.
+
+    Networks are compared to float32 rounding, not bit for bit: BLAS may pick other kernels (and so
+    round differently) for other batch compositions or thread counts, and does on some CPUs (AMD EPYC).
+    """
+    import numpy as np
+    import xarray as xr
+
+    assert set(got.variables) == set(expected.variables)
+    assert got.attrs == expected.attrs
+    xr.testing.assert_identical(got.drop_vars(list(got.data_vars)), expected.drop_vars(list(expected.data_vars)))
+    for name, var in expected.data_vars.items():
+        assert got[name].dims == var.dims and got[name].dtype == var.dtype, name
+        assert got[name].attrs == var.attrs, name
+        if np.issubdtype(var.dtype, np.floating):
+            np.testing.assert_allclose(got[name].values, var.values, rtol=0, atol=atol, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name].values, var.values, err_msg=name)

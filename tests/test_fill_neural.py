@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 import xrecon  # noqa: F401
-from tests.conftest import shared_path
+from tests.conftest import assert_fill_close, shared_path
 from xrecon.errors import CheckpointError, MethodError
 from xrecon.models import anytimeformer
 from xrecon.neural import year_windows
@@ -48,7 +48,7 @@ def test_fill_equals_bare_model_and_is_chunk_invariant(cube, ckpt):
     res = out.compute()
     assert res.optical.dtype == np.float32 and res.optical.chunks is None
     one = cube.compute().recon.fill("7D", method="anytimeformer", checkpoint=ckpt, keep_observed=False)
-    xr.testing.assert_identical(res, one)
+    assert_fill_close(res, one)  # float32 rounding: batches differ between the chunkings
 
     model = xrecon.models.load(ckpt, device="cpu")
     px = cube.isel(y=3, x=7).compute()
@@ -101,7 +101,8 @@ def test_model_object_as_method(cube, ckpt):
     model = xrecon.models.load(ckpt, device="cpu")
     a = cube.recon.fill("8D", method=model).compute()
     b = cube.recon.fill("8D", method="anytimeformer", checkpoint=ckpt).compute()
-    xr.testing.assert_equal(a.optical, b.optical)
+    np.testing.assert_allclose(a.optical.values, b.optical.values, rtol=0, atol=1e-6)
+    assert a.attrs["checkpoint_sha256"] == b.attrs["checkpoint_sha256"]
     with pytest.raises(MethodError):
         cube.recon.fill(method=model, checkpoint=ckpt)
 
@@ -171,8 +172,8 @@ def test_fallback_fills_years_the_network_cannot_see(ckpt):
     np.testing.assert_allclose(linear[q2020, :, 1, 1], ds.recon.fill(q).optical.values[q2020, :, 1, 1], rtol=1e-6)
     bare = ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt, fallback=None).optical.values
     assert np.isnan(bare[q2020, :, 1, 1]).all() and np.isfinite(bare[~q2020]).all()
-    np.testing.assert_array_equal(np.delete(bare.reshape(len(q), 4, -1), 5, -1),
-                                  np.delete(got.reshape(len(q), 4, -1), 5, -1))
+    np.testing.assert_allclose(np.delete(bare.reshape(len(q), 4, -1), 5, -1),
+                               np.delete(got.reshape(len(q), 4, -1), 5, -1), rtol=0, atol=1e-6)
     with pytest.raises(MethodError, match="fallback"):
         ds.recon.fill(q, method="anytimeformer", checkpoint=ckpt, fallback="kriging")
 
@@ -199,4 +200,4 @@ def test_distributed_processes_equal_threads(cube, ckpt):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
         with distributed.Client(lc):
             got = lazy.compute()
-    xr.testing.assert_identical(got, expected)
+    assert_fill_close(got, expected)  # one torch thread per worker there: BLAS may round otherwise
