@@ -1,10 +1,13 @@
-"""Streaming pixel time series out of cubes for training: chunk by chunk, shuffled, sharded, resumable.
+"""Streaming training samples out of cubes: chunk by chunk, shuffled, sharded, resumable.
 
 :class:`PixelStream` is a :class:`torch.utils.data.IterableDataset`. One epoch is a random order of
 the cubes' spatial blocks (by default the dask chunks); each DataLoader worker of each distributed
 rank reads its own share of the blocks, one at a time (time and band whole), turns every pixel with
 enough clear observations into a sample, and mixes samples through a bounded shuffle buffer. Memory
 is one block plus ``buffer_size`` samples, whatever the size of the cubes.
+
+Everything but the making of pixel samples (the block grid and order, sharding, resuming, reading,
+the shuffle buffer) lives in :class:`BlockStream`, which other kinds of samples can subclass.
 
 Samples are dicts of numpy arrays; :func:`collate_pixels` pads them into a batch of torch tensors
 (the format is documented there and in ``docs/training-data.md``).
@@ -34,7 +37,7 @@ from xrecon.cube import DEFAULT_SAR, Cube, validate
 from xrecon.errors import CubeError, XreconError
 from xrecon.training.gaps import GapConfig, simulate_gaps
 
-__all__ = ["PixelStream", "collate_pixels", "pixel_loader", "shard_layout"]
+__all__ = ["BlockStream", "PixelStream", "collate_pixels", "pixel_loader", "shard_layout"]
 
 # Distinct streams of randomness, so e.g. the block order never correlates with the gaps.
 _ORDER, _BLOCK, _BUFFER = 0, 1, 2
@@ -55,18 +58,20 @@ class _Window:
 @dataclass(frozen=True)
 class _CubeInfo:
     cube: Cube
-    windows: tuple[_Window, ...]
     y_edges: np.ndarray  # block boundaries, (ny_blocks + 1,)
     x_edges: np.ndarray
 
 
 @dataclass
 class _Block:
-    """One block's data as read: (T, C, by, bx) optical etc. Dropped before any sample is yielded."""
+    """One block's data as read, time and band whole. Dropped before any sample is yielded."""
 
-    optical: np.ndarray
-    clear: np.ndarray | None
-    sar: np.ndarray | None
+    cube: int  # index of its cube in the stream
+    ys: slice  # its place in that cube
+    xs: slice
+    optical: np.ndarray  # (T, C, by, bx), as stored (NaN where missing)
+    clear: np.ndarray | None  # (T, by, bx), the cube's mask variable; None without one
+    sar: np.ndarray | None  # (Ts, S, by, bx); None without SAR
 
 
 def _days(times: np.ndarray) -> np.ndarray:
@@ -139,72 +144,43 @@ def shard_layout(rank: int = 0, world_size: int = 1) -> tuple[int, int]:
     return rank * n_workers + worker, world_size * n_workers
 
 
-class PixelStream(IterableDataset):
-    """Pixel time series streamed from one or several cubes, for training.
+class BlockStream(IterableDataset):
+    """Samples streamed block by block from cubes: the part of a training stream not about pixels.
+
+    One epoch is a seeded random order of the cubes' spatial blocks, split round-robin over
+    ``world_size * num_workers`` shards (:func:`shard_layout`). Each shard reads its blocks one at a
+    time, time and band whole, turns each into samples and mixes them through a shuffle buffer of
+    ``buffer_size`` samples; the resume state counts the samples consumed per shard.
 
     Parameters
     ----------
-    cubes : xarray.Dataset or sequence of xarray.Dataset
-        Cubes following xrecon's conventions (lazy is best: nothing is read before iteration), all
-        with the same optical bands and the same SAR bands (or all without SAR).
-    optical, sar, mask : str
-        Variable names. ``sar=None`` ignores SAR; the default ``"sar"`` may be absent.
-    window : {"year", None}
-        ``"year"``: a sample is one pixel's series within one calendar year, with days of year
-        (1..366) for optical and SAR dates, as AnytimeFormer's time encoding expects.
-        ``None``: the whole series, with days counted from January 1 of ``origin`` (day 1).
-    origin : str or numpy.datetime64, optional
-        For ``window=None``, a January 1; default: January 1 of each cube's first optical year.
-    min_obs : int
-        Pixels (per window) with fewer clear optical observations are skipped.
-    buffer_size : int
-        Samples held by the shuffle buffer: bigger mixes more blocks, and costs memory.
-    block : int or (int, int), optional
-        Spatial size ``(y, x)`` of the blocks read at once; default: the optical variable's dask
-        chunks (or 128 x 128 for a numpy-backed cube). Time and band are always read whole.
-    gaps : GapConfig, optional
-        Hide some observations of each sample for self-supervised training (its ``kept`` then
-        differs from ``valid``); transplanted clouds come from the other pixels of the same block
-        and window. None: hide nothing.
-    seed : int
-        Seeds the block order, the shuffling and the gaps: same seed, epoch and shard layout, same
-        stream, bit for bit.
-    epoch : int
-        The epoch to stream; see :meth:`set_epoch`.
-    rank, world_size : int, optional
-        This process's place among distributed ranks; default from ``torch.distributed`` when it
-        is initialized (create the stream after ``init_process_group``), else 0 and 1.
-    batch_size : int, optional
-        Yield ready batches (:func:`collate_pixels` dicts) of up to this many samples that share
-        their dates, i.e. come from the same cube and window, so that every row of ``doy`` and
-        ``sar_doy`` is the same and nothing is padded: what AnytimeFormer's forward, whose dates are
-        shared by the batch, needs. Use it with ``DataLoader(stream, batch_size=None)`` or
-        :func:`pixel_loader`. None: yield single samples, for ``DataLoader(stream, batch_size=...,
-        collate_fn=collate_pixels)``.
-    scheduler : str, optional
-        Dask scheduler for reading a block; default ``"synchronous"`` inside DataLoader workers
-        (they are the parallelism) and dask's configured default in the main process.
-    blocks : array-like of (cube, block row, block column), optional
-        Read only these blocks (rows as :meth:`block_order` gives them), e.g. to hold out spatial
-        blocks for validation; default all. The block grid is the same either way.
+    cubes, optical, sar, mask, buffer_size, block, seed, epoch, rank, world_size, scheduler, blocks
+        As for :class:`PixelStream`.
 
     Notes
     -----
-    Sharding: the epoch's block order is split round-robin over ``world_size * num_workers``
-    shards, so every block is read by exactly one worker of one rank per epoch.
-
-    Resuming: call :meth:`mark_consumed` with every batch the training loop uses and store
-    :meth:`state_dict` in the checkpoint. After :meth:`load_state_dict` each shard replays its
-    deterministic stream, dropping the samples already consumed, so the rest of the epoch is the
-    same as without the interruption (same ``world_size`` and ``num_workers`` needed).
+    A subclass implements ``_make_samples(self, block, rng) -> list[dict]``: the samples of one block,
+    each owning its memory (no views of the block: they wait in the buffer after it is dropped).
+    ``block`` has ``cube`` (its cube's index; ``self._infos[block.cube].cube`` is the validated
+    :class:`~xrecon.cube.Cube`, with its dates), ``ys`` and ``xs`` (its slices in that cube), and
+    the arrays ``optical`` (T, C, by, bx), ``clear`` (T, by, bx) or None and ``sar`` (Ts, S, by, bx)
+    or None, as stored. ``rng`` is seeded by seed, epoch and block: draw every random choice from
+    it, so that a shard replays the same stream when it resumes. The stream then shuffles the
+    block's samples with that same ``rng`` and adds to each its ``"shard"`` (an int), which
+    :meth:`mark_consumed` reads from the batches. A subclass that yields batches rather than
+    samples overrides ``_shard_items`` (as :class:`PixelStream` does).
 
     Examples
     --------
     >>> from xrecon.testing import synthetic_cube
-    >>> stream = PixelStream(synthetic_cube(ny=8, nx=8, seed=0), seed=1, block=4, buffer_size=16)
-    >>> sample = next(iter(stream))
-    >>> sorted(sample)[:6]
-    ['cube', 'doy', 'kept', 'optical', 'sar', 'sar_doy']
+    >>> class Corners(BlockStream):
+    ...     def _make_samples(self, block, rng):
+    ...         return [{"cube": block.cube, "y": block.ys.start, "x": block.xs.start}]
+    >>> stream = Corners(synthetic_cube(ny=8, nx=8, seed=0), block=4)
+    >>> sorted((s["y"], s["x"]) for s in stream)
+    [(0, 0), (0, 4), (4, 0), (4, 4)]
+    >>> next(iter(stream))
+    {'cube': 0, 'y': 4, 'x': 0, 'shard': 0}
     """
 
     def __init__(
@@ -214,17 +190,12 @@ class PixelStream(IterableDataset):
         optical: Hashable = "optical",
         sar: Hashable | None = DEFAULT_SAR,
         mask: Hashable | None = None,
-        window: Literal["year"] | None = "year",
-        origin: str | np.datetime64 | None = None,
-        min_obs: int = 5,
         buffer_size: int = 4096,
         block: int | tuple[int, int] | None = None,
-        gaps: GapConfig | None = None,
         seed: int = 0,
         epoch: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        batch_size: int | None = None,
         scheduler: str | None = None,
         blocks: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> None:
@@ -232,17 +203,11 @@ class PixelStream(IterableDataset):
         if isinstance(cubes, xr.Dataset):
             cubes = [cubes]
         if len(cubes) == 0:
-            raise CubeError("PixelStream needs at least one cube")
-        if min_obs < 1:
-            raise XreconError(f"min_obs must be >= 1, got {min_obs}")
+            raise CubeError(f"{type(self).__name__} needs at least one cube")
         if buffer_size < 1:
             raise XreconError(f"buffer_size must be >= 1, got {buffer_size}")
-        if batch_size is not None and batch_size < 1:
-            raise XreconError(f"batch_size must be >= 1 or None, got {batch_size}")
         if seed < 0 or epoch < 0:
             raise XreconError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
-        if gaps is not None and not isinstance(gaps, GapConfig):
-            raise XreconError(f"gaps must be a GapConfig or None, got {type(gaps).__name__}")
         by, bx = (block, block) if block is None or isinstance(block, int) else block
         infos = []
         for i, ds in enumerate(cubes):
@@ -256,7 +221,6 @@ class PixelStream(IterableDataset):
             infos.append(
                 _CubeInfo(
                     cube=cube,
-                    windows=_windows(cube, window, origin),
                     y_edges=_edges(cube.optical.sizes["y"], chunks[2] if chunks else None, by),
                     x_edges=_edges(cube.optical.sizes["x"], chunks[3] if chunks else None, bx),
                 )
@@ -275,10 +239,7 @@ class PixelStream(IterableDataset):
             if unknown:
                 raise XreconError(f"blocks {sorted(unknown)[:5]} are not blocks of the cubes' block grid")
             self._tasks = self._tasks[[tuple(t) in wanted for t in self._tasks.tolist()]].reshape(-1, 3)
-        self.min_obs = int(min_obs)
         self.buffer_size = int(buffer_size)
-        self.gaps = gaps
-        self.batch_size = None if batch_size is None else int(batch_size)
         self.seed = int(seed)
         self.epoch = int(epoch)
         self.scheduler = scheduler
@@ -313,23 +274,6 @@ class PixelStream(IterableDataset):
     def sar_bands(self) -> list[str]:
         """SAR band names (empty without SAR)."""
         return list(self._infos[0].cube.sar_bands or [])
-
-    def count_samples(self) -> int:
-        """Samples in one epoch, all shards together (one lazy pass over the cubes' clear masks).
-
-        The stream itself cannot know it before reading: pixels with fewer than ``min_obs`` clear
-        observations are skipped. Useful for learning-rate schedules; it reads every optical value
-        once, so it costs about as much as an epoch's reading.
-        """
-        counts = []
-        for info in self._infos:
-            cube = info.cube
-            valid = cube.optical.notnull().all("band")  # (time, y, x), lazy
-            if cube.clear is not None:
-                valid = valid & cube.clear
-            for w in info.windows:
-                counts.append((valid.isel(time=w.ti).sum("time") >= self.min_obs).sum().data)
-        return int(sum(dask.compute(*counts)))
 
     def block_order(self, epoch: int | None = None) -> np.ndarray:
         """The epoch's blocks in reading order, ``(n_blocks, 3)`` rows of (cube, block row, block column)."""
@@ -400,7 +344,7 @@ class PixelStream(IterableDataset):
             seed, epoch, world = int(state["seed"]), int(state["epoch"]), int(state["world_size"])
             consumed = {int(k): int(v) for k, v in state["consumed"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise XreconError(f"not a PixelStream state: {err!r}") from None
+            raise XreconError(f"not a {type(self).__name__} state: {err!r}") from None
         if seed != self.seed:
             raise XreconError(f"the state was saved with seed={seed}, this stream has seed={self.seed}")
         if world != self.world_size:
@@ -413,7 +357,8 @@ class PixelStream(IterableDataset):
 
     # -- reading -------------------------------------------------------------------------------
     def _read_block(self, task: np.ndarray) -> _Block:
-        cube = self._infos[int(task[0])].cube
+        c = int(task[0])
+        cube = self._infos[c].cube
         ys, xs = self.block_slices(task)
         lazy = [cube.optical.data[:, :, ys, xs]]
         if cube.clear is not None:
@@ -427,67 +372,25 @@ class PixelStream(IterableDataset):
         optical = values.pop(0)
         clear = values.pop(0) if cube.clear is not None else None
         sar = values.pop(0) if cube.sar is not None else None
-        return _Block(optical=optical, clear=clear, sar=sar)
+        return _Block(cube=c, ys=ys, xs=xs, optical=optical, clear=clear, sar=sar)
+
+    def _make_samples(self, block: _Block, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """The samples of one read block, each owning its memory; what a subclass implements."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _make_samples(block, rng)")
 
     def _block_samples(self, task: np.ndarray, shard: int) -> list[dict[str, Any]]:
-        """Every eligible (pixel, window) sample of a block, in a random order, owning its memory."""
-        c = int(task[0])
-        info = self._infos[c]
+        """Every sample of a block, in a random order, tagged with its shard, owning its memory."""
         rng = np.random.default_rng([self.seed, _BLOCK, self.epoch, *map(int, task)])
-        blk = self._read_block(task)
-        n_time, n_band, by, bx = blk.optical.shape
-        n_pix = by * bx
-        ys, xs = self.block_slices(task)
-        valid_all = np.isfinite(blk.optical).all(axis=1)  # (T, by, bx)
-        if blk.clear is not None:
-            valid_all &= blk.clear.astype(bool)
-        n_sar_band = 0 if blk.sar is None else blk.sar.shape[1]
-        samples: list[dict[str, Any]] = []
-        for w in info.windows:
-            valid_w = valid_all[w.ti].reshape(len(w.ti), n_pix).T  # (P, Tw)
-            sel = np.flatnonzero(valid_w.sum(1) >= self.min_obs)  # (n,) pixels kept, row-major in block
-            if len(sel) == 0:
-                continue
-            valid = np.ascontiguousarray(valid_w[sel])  # (n, Tw)
-            # Fancy indexing copies, so nothing below is a view of the block.
-            opt = blk.optical[w.ti].reshape(len(w.ti), n_band, n_pix)[:, :, sel].transpose(2, 0, 1)
-            opt = np.where(valid[..., None], opt, 0).astype(np.float32)  # (n, Tw, C), never NaN
-            if self.gaps is not None:
-                kept, _ = simulate_gaps(valid, self.gaps, rng=rng, donors=valid_w, exclude=sel)
-            else:
-                kept = valid
-            if blk.sar is not None:
-                sar = blk.sar[w.si].reshape(len(w.si), n_sar_band, n_pix)[:, :, sel].transpose(2, 0, 1)
-                sar_valid = np.isfinite(sar).all(axis=2)  # (n, Tsw)
-                sar = np.where(sar_valid[..., None], sar, 0).astype(np.float32)  # (n, Tsw, S)
-            else:
-                sar = np.zeros((len(sel), 0, 0), np.float32)
-                sar_valid = np.zeros((len(sel), 0), bool)
-            yy, xx = np.divmod(sel, bx)
-            for i in range(len(sel)):
-                # .copy(): a sample must not keep its block's arrays alive while it waits in the buffer.
-                samples.append(
-                    {
-                        "optical": opt[i].copy(),
-                        "valid": valid[i].copy(),
-                        "kept": kept[i].copy(),
-                        "doy": w.doy,
-                        "sar": sar[i].copy(),
-                        "sar_valid": sar_valid[i].copy(),
-                        "sar_doy": w.sar_doy,
-                        "cube": c,
-                        "y": ys.start + int(yy[i]),
-                        "x": xs.start + int(xx[i]),
-                        "year": w.year,
-                        "shard": shard,
-                    }
-                )
-        del blk, valid_all
+        block = self._read_block(task)
+        samples = self._make_samples(block, rng)
+        del block  # before the samples wait in the buffer
+        for s in samples:
+            s["shard"] = shard
         order = rng.permutation(len(samples))
         return [samples[i] for i in order]
 
     # -- iterating -------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         shard, n_shards = self.rank * n_workers + worker, self.world_size * n_workers
@@ -502,16 +405,13 @@ class PixelStream(IterableDataset):
     def _shard_stream(self, shard: int, n_shards: int, skip: int) -> Iterator[Any]:
         tasks = self.block_order()[shard::n_shards]
         rng = np.random.default_rng([self.seed, _BUFFER, self.epoch, shard, n_shards])
-        if self.batch_size is None:
-            samples = self._shuffled(tasks, shard, rng)
-            # The first `skip` samples were consumed before a restart: replay them, yield the rest.
-            yield from (s for n, s in enumerate(samples) if n >= skip)
-            return
-        n_out = 0
-        for batch in self._shuffled_batches(tasks, shard, rng):
-            n_out += len(batch)
-            if n_out > skip:
-                yield collate_pixels(batch[max(0, len(batch) - (n_out - skip)):])
+        yield from self._shard_items(tasks, shard, rng, skip)
+
+    def _shard_items(self, tasks: np.ndarray, shard: int, rng: np.random.Generator, skip: int) -> Iterator[Any]:
+        """What the shard yields, its blocks being ``tasks``: its samples through the shuffle buffer."""
+        samples = self._shuffled(tasks, shard, rng)
+        # The first `skip` samples were consumed before a restart: replay them, yield the rest.
+        yield from (s for n, s in enumerate(samples) if n >= skip)
 
     def _shuffled(self, tasks: np.ndarray, shard: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
         """Samples through a classic shuffle buffer: each new one takes the place of a random one, which goes out."""
@@ -529,6 +429,196 @@ class PixelStream(IterableDataset):
             del rest
         for j in rng.permutation(len(buffer)):
             yield buffer[j]
+
+
+class PixelStream(BlockStream):
+    """Pixel time series streamed from one or several cubes, for training.
+
+    Parameters
+    ----------
+    cubes : xarray.Dataset or sequence of xarray.Dataset
+        Cubes following xrecon's conventions (lazy is best: nothing is read before iteration), all
+        with the same optical bands and the same SAR bands (or all without SAR).
+    optical, sar, mask : str
+        Variable names. ``sar=None`` ignores SAR; the default ``"sar"`` may be absent.
+    window : {"year", None}
+        ``"year"``: a sample is one pixel's series within one calendar year, with days of year
+        (1..366) for optical and SAR dates, as AnytimeFormer's time encoding expects.
+        ``None``: the whole series, with days counted from January 1 of ``origin`` (day 1).
+    origin : str or numpy.datetime64, optional
+        For ``window=None``, a January 1; default: January 1 of each cube's first optical year.
+    min_obs : int
+        Pixels (per window) with fewer clear optical observations are skipped.
+    buffer_size : int
+        Samples held by the shuffle buffer: bigger mixes more blocks, and costs memory.
+    block : int or (int, int), optional
+        Spatial size ``(y, x)`` of the blocks read at once; default: the optical variable's dask
+        chunks (or 128 x 128 for a numpy-backed cube). Time and band are always read whole.
+    gaps : GapConfig, optional
+        Hide some observations of each sample for self-supervised training (its ``kept`` then
+        differs from ``valid``); transplanted clouds come from the other pixels of the same block
+        and window. None: hide nothing.
+    seed : int
+        Seeds the block order, the shuffling and the gaps: same seed, epoch and shard layout, same
+        stream, bit for bit.
+    epoch : int
+        The epoch to stream; see :meth:`set_epoch`.
+    rank, world_size : int, optional
+        This process's place among distributed ranks; default from ``torch.distributed`` when it
+        is initialized (create the stream after ``init_process_group``), else 0 and 1.
+    batch_size : int, optional
+        Yield ready batches (:func:`collate_pixels` dicts) of up to this many samples that share
+        their dates, i.e. come from the same cube and window, so that every row of ``doy`` and
+        ``sar_doy`` is the same and nothing is padded: what AnytimeFormer's forward, whose dates are
+        shared by the batch, needs. Use it with ``DataLoader(stream, batch_size=None)`` or
+        :func:`pixel_loader`. None: yield single samples, for ``DataLoader(stream, batch_size=...,
+        collate_fn=collate_pixels)``.
+    scheduler : str, optional
+        Dask scheduler for reading a block; default ``"synchronous"`` inside DataLoader workers
+        (they are the parallelism) and dask's configured default in the main process.
+    blocks : array-like of (cube, block row, block column), optional
+        Read only these blocks (rows as :meth:`block_order` gives them), e.g. to hold out spatial
+        blocks for validation; default all. The block grid is the same either way.
+
+    Notes
+    -----
+    Sharding: the epoch's block order is split round-robin over ``world_size * num_workers``
+    shards, so every block is read by exactly one worker of one rank per epoch.
+
+    Resuming: call :meth:`mark_consumed` with every batch the training loop uses and store
+    :meth:`state_dict` in the checkpoint. After :meth:`load_state_dict` each shard replays its
+    deterministic stream, dropping the samples already consumed, so the rest of the epoch is the
+    same as without the interruption (same ``world_size`` and ``num_workers`` needed).
+
+    Both are :class:`BlockStream`'s; :class:`PixelStream` turns blocks into pixel samples and
+    batches them by dates.
+
+    Examples
+    --------
+    >>> from xrecon.testing import synthetic_cube
+    >>> stream = PixelStream(synthetic_cube(ny=8, nx=8, seed=0), seed=1, block=4, buffer_size=16)
+    >>> sample = next(iter(stream))
+    >>> sorted(sample)[:6]
+    ['cube', 'doy', 'kept', 'optical', 'sar', 'sar_doy']
+    """
+
+    def __init__(
+        self,
+        cubes: xr.Dataset | Sequence[xr.Dataset],
+        *,
+        optical: Hashable = "optical",
+        sar: Hashable | None = DEFAULT_SAR,
+        mask: Hashable | None = None,
+        window: Literal["year"] | None = "year",
+        origin: str | np.datetime64 | None = None,
+        min_obs: int = 5,
+        buffer_size: int = 4096,
+        block: int | tuple[int, int] | None = None,
+        gaps: GapConfig | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        batch_size: int | None = None,
+        scheduler: str | None = None,
+        blocks: Sequence[Sequence[int]] | np.ndarray | None = None,
+    ) -> None:
+        if min_obs < 1:
+            raise XreconError(f"min_obs must be >= 1, got {min_obs}")
+        if batch_size is not None and batch_size < 1:
+            raise XreconError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if gaps is not None and not isinstance(gaps, GapConfig):
+            raise XreconError(f"gaps must be a GapConfig or None, got {type(gaps).__name__}")
+        super().__init__(
+            cubes, optical=optical, sar=sar, mask=mask, buffer_size=buffer_size, block=block, seed=seed,
+            epoch=epoch, rank=rank, world_size=world_size, scheduler=scheduler, blocks=blocks,
+        )
+        # The sample windows of each cube, in the order of self._infos.
+        self._windows = tuple(_windows(info.cube, window, origin) for info in self._infos)
+        self.min_obs = int(min_obs)
+        self.gaps = gaps
+        self.batch_size = None if batch_size is None else int(batch_size)
+
+    def count_samples(self) -> int:
+        """Samples in one epoch, all shards together (one lazy pass over the cubes' clear masks).
+
+        The stream itself cannot know it before reading: pixels with fewer than ``min_obs`` clear
+        observations are skipped. Useful for learning-rate schedules; it reads every optical value
+        once, so it costs about as much as an epoch's reading.
+        """
+        counts = []
+        for info, windows in zip(self._infos, self._windows, strict=True):
+            cube = info.cube
+            valid = cube.optical.notnull().all("band")  # (time, y, x), lazy
+            if cube.clear is not None:
+                valid = valid & cube.clear
+            for w in windows:
+                counts.append((valid.isel(time=w.ti).sum("time") >= self.min_obs).sum().data)
+        return int(sum(dask.compute(*counts)))
+
+    # -- block -> samples --------------------------------------------------------------------------
+    def _make_samples(self, block: _Block, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Every eligible (pixel, window) sample of a block, window by window, pixels row-major."""
+        n_time, n_band, by, bx = block.optical.shape
+        n_pix = by * bx
+        valid_all = np.isfinite(block.optical).all(axis=1)  # (T, by, bx)
+        if block.clear is not None:
+            valid_all &= block.clear.astype(bool)
+        n_sar_band = 0 if block.sar is None else block.sar.shape[1]
+        samples: list[dict[str, Any]] = []
+        for w in self._windows[block.cube]:
+            valid_w = valid_all[w.ti].reshape(len(w.ti), n_pix).T  # (P, Tw)
+            sel = np.flatnonzero(valid_w.sum(1) >= self.min_obs)  # (n,) pixels kept, row-major in block
+            if len(sel) == 0:
+                continue
+            valid = np.ascontiguousarray(valid_w[sel])  # (n, Tw)
+            # Fancy indexing copies, so nothing below is a view of the block.
+            opt = block.optical[w.ti].reshape(len(w.ti), n_band, n_pix)[:, :, sel].transpose(2, 0, 1)
+            opt = np.where(valid[..., None], opt, 0).astype(np.float32)  # (n, Tw, C), never NaN
+            if self.gaps is not None:
+                kept, _ = simulate_gaps(valid, self.gaps, rng=rng, donors=valid_w, exclude=sel)
+            else:
+                kept = valid
+            if block.sar is not None:
+                sar = block.sar[w.si].reshape(len(w.si), n_sar_band, n_pix)[:, :, sel].transpose(2, 0, 1)
+                sar_valid = np.isfinite(sar).all(axis=2)  # (n, Tsw)
+                sar = np.where(sar_valid[..., None], sar, 0).astype(np.float32)  # (n, Tsw, S)
+            else:
+                sar = np.zeros((len(sel), 0, 0), np.float32)
+                sar_valid = np.zeros((len(sel), 0), bool)
+            yy, xx = np.divmod(sel, bx)
+            for i in range(len(sel)):
+                # .copy(): a sample must not keep its block's arrays alive while it waits in the buffer.
+                # BlockStream adds "shard", last, to each.
+                samples.append(
+                    {
+                        "optical": opt[i].copy(),
+                        "valid": valid[i].copy(),
+                        "kept": kept[i].copy(),
+                        "doy": w.doy,
+                        "sar": sar[i].copy(),
+                        "sar_valid": sar_valid[i].copy(),
+                        "sar_doy": w.sar_doy,
+                        "cube": block.cube,
+                        "y": block.ys.start + int(yy[i]),
+                        "x": block.xs.start + int(xx[i]),
+                        "year": w.year,
+                    }
+                )
+        return samples
+
+    # -- batching by dates -------------------------------------------------------------------------
+    def _shard_items(self, tasks: np.ndarray, shard: int, rng: np.random.Generator, skip: int) -> Iterator[Any]:
+        """Single samples (``batch_size=None``), or collated batches of samples sharing their dates."""
+        if self.batch_size is None:
+            yield from super()._shard_items(tasks, shard, rng, skip)
+            return
+        n_out = 0
+        for batch in self._shuffled_batches(tasks, shard, rng):
+            n_out += len(batch)
+            # As for single samples: the first `skip` were consumed before a restart, yield the rest.
+            if n_out > skip:
+                yield collate_pixels(batch[max(0, len(batch) - (n_out - skip)):])
 
     def _shuffled_batches(
         self, tasks: np.ndarray, shard: int, rng: np.random.Generator
