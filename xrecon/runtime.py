@@ -1,8 +1,9 @@
-"""Where models run: device choice, numeric precision, file hashes and a per-process model cache.
+"""Where models run: device choice, numeric precision and file hashes.
 
-A dask graph carries only small, hashable specifications of a model (the checkpoint path and its
-sha256), never the model itself. Each worker process loads the model once through
-:func:`cached_model` and reuses it for every block it computes.
+This module imports nothing from :mod:`xrecon.models` (which builds on it). The per-process model
+cache moved to :mod:`xrecon.models.cache`; ``xrecon.runtime.cached_model`` and
+``xrecon.runtime.clear_model_cache`` still work and are the same functions, imported from there on
+first use.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from xrecon.errors import CheckpointError, XreconError
 
-if TYPE_CHECKING:
-    from torch import nn
+if TYPE_CHECKING:  # for type checkers and linters only: at run time __getattr__ imports these on first use
+    from xrecon.models.cache import cached_model, clear_model_cache
 
 __all__ = [
     "PRECISIONS",
@@ -36,10 +34,8 @@ __all__ = [
 #: Numeric precisions accepted by the neural models, and the torch dtype of their matrix products.
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Models kept per process. Small: a worker computes blocks of one or two models at a time.
-_CACHE_SIZE = 4
-_cache: OrderedDict[tuple[str, str, str], nn.Module] = OrderedDict()
-_cache_lock = threading.Lock()
+# Names that moved to xrecon.models.cache, served by __getattr__ below for existing callers.
+_MOVED_TO_CACHE = ("cached_model", "clear_model_cache")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -140,62 +136,24 @@ def file_sha256(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def cached_model(path: str | os.PathLike, sha256: str | None, device: str | torch.device | None = None) -> nn.Module:
-    """A model loaded from an xrecon checkpoint, once per process, path, content and device.
+def __getattr__(name: str) -> Any:
+    """``cached_model`` and ``clear_model_cache``, from :mod:`xrecon.models.cache` (PEP 562).
 
-    This is what a dask block function calls: the graph holds ``(path, sha256)``, every task in a
-    worker process gets the same model object (least recently used models are dropped beyond a few).
-    The model is in eval mode and must be treated as read-only; calling its ``predict_pixels`` from
-    several threads at once is safe.
-
-    Parameters
-    ----------
-    path
-        An xrecon checkpoint (see :func:`xrecon.models.load`).
-    sha256
-        The file's sha256 as recorded when the graph was built (:func:`file_sha256`). The file is
-        hashed again when it is first loaded in a process, so a checkpoint replaced between building
-        and computing the graph raises instead of silently giving other results. ``None`` skips the
-        check (the key is then the path only).
-    device
-        As for :func:`resolve_device`.
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing, is not an xrecon checkpoint, or no longer has the given sha256.
+    Imported on first use rather than at the top: :mod:`xrecon.models` imports this module, so an
+    import here would bring back the import loop.
 
     Examples
     --------
-    >>> from xrecon.runtime import cached_model, file_sha256   # doctest: +SKIP
-    >>> model = cached_model("model.xrecon", file_sha256("model.xrecon"), "cpu")  # doctest: +SKIP
+    >>> import xrecon.models.cache, xrecon.runtime
+    >>> xrecon.runtime.cached_model is xrecon.models.cache.cached_model
+    True
     """
-    from xrecon.models import load  # late: xrecon.models imports this module
+    if name in _MOVED_TO_CACHE:
+        from xrecon.models import cache
 
-    dev = resolve_device(device)
-    key = (os.path.abspath(os.fspath(path)), sha256 or "", str(dev))
-    # One lock for the whole load: with dask's threaded scheduler many tasks start at once, and
-    # each would otherwise read and build the same model.
-    with _cache_lock:
-        model = _cache.get(key)
-        if model is not None:
-            _cache.move_to_end(key)
-            return model
-        if sha256 is not None:
-            actual = file_sha256(path)
-            if actual != sha256.lower():
-                raise CheckpointError(
-                    f"checkpoint {Path(path).name!r} changed: its sha256 is {actual[:12]}..., "
-                    f"expected {sha256[:12]}... (recompute the graph with the current file)"
-                )
-        model = load(path, device=dev)
-        _cache[key] = model
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-        return model
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def clear_model_cache() -> None:
-    """Forget every model held by :func:`cached_model` in this process (frees their memory)."""
-    with _cache_lock:
-        _cache.clear()
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MOVED_TO_CACHE))

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -53,7 +52,8 @@ from torch import Tensor, nn
 
 from xrecon.errors import CheckpointError, XreconError
 from xrecon.models.base import XreconModel, register_model
-from xrecon.runtime import autocast, file_sha256, resolve_device, resolve_precision
+from xrecon.models.batching import predict_in_batches
+from xrecon.runtime import file_sha256, resolve_device
 
 __all__ = [
     "OFFICIAL_OPTICAL_BANDS",
@@ -554,48 +554,26 @@ class AnytimeFormer(XreconModel):
             s_days = None
 
         dev = resolve_device(device)
-        dtype = resolve_precision(precision, dev)
         if batch_size is None:
             batch_size = self.default_batch_size(dev)
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise XreconError(f"batch_size must be a positive integer, got {batch_size!r}")
-
         out = np.full((N, len(q_days), C), np.nan, dtype=np.float32)
         valid = valid.astype(bool) & np.isfinite(optical).all(-1)  # (N, T)
-        todo = np.flatnonzero(valid.any(-1))
-        if todo.size == 0 or len(q_days) == 0:
-            return out
-        if self.device != dev:
-            self.to(dev)
-        was_training = self.training
-        if was_training:  # a cached model shared by threads is in eval mode already: leave it untouched
-            self.eval()
-        try:
-            with torch.inference_mode():
-                prep = self.prepare(torch.from_numpy(opt_days), torch.from_numpy(q_days),
-                                    None if s_days is None else torch.from_numpy(s_days))
+
+        def prepare() -> Prepared:
+            return self.prepare(torch.from_numpy(opt_days), torch.from_numpy(q_days),
+                                None if s_days is None else torch.from_numpy(s_days))
+
+        def run(prep: Prepared, x: Tensor, v: Tensor, s: Tensor | None) -> Tensor:
             mean, std = self.optical_mean, self.optical_std
-            contiguous = todo.size == N  # slices, no copies, in the common case
-            batches = [slice(i, i + batch_size) if contiguous else todo[i:i + batch_size]
-                       for i in range(0, todo.size, batch_size)]
+            x = torch.where(v.unsqueeze(-1), (x - mean) / std, 0.0)  # (b, T, C)
+            if s is not None:
+                s = torch.nan_to_num((s - self.sar_mean) / self.sar_std, nan=0.0, posinf=0.0, neginf=0.0)
+            y = self.forward_prepared(x, prep, s)  # (b, Tq, C)
+            return y.float() * std + mean
 
-            def run(rows: slice | np.ndarray) -> None:
-                x = torch.from_numpy(np.ascontiguousarray(optical[rows], dtype=np.float32)).to(dev)
-                v = torch.from_numpy(np.ascontiguousarray(valid[rows])).to(dev)
-                x = torch.where(v.unsqueeze(-1), (x - mean) / std, 0.0)  # (b, T, C)
-                s = None
-                if sar is not None:
-                    s = torch.from_numpy(np.ascontiguousarray(sar[rows], dtype=np.float32)).to(dev)
-                    s = torch.nan_to_num((s - self.sar_mean) / self.sar_std, nan=0.0, posinf=0.0, neginf=0.0)
-                with autocast(dev, dtype):
-                    y = self.forward_prepared(x, prep, s)  # (b, Tq, C)
-                out[rows] = (y.float() * std + mean).cpu().numpy()
-
-            _run_batches(batches, run, workers if dev.type == "cpu" else None)
-        finally:
-            if was_training:
-                self.train()
-        return out
+        # a pixel without any valid observation stays NaN (see Returns)
+        return predict_in_batches(self, run, [optical, valid, sar], out, rows=valid.any(-1), batch_size=batch_size,
+                                  device=dev, precision=precision, workers=workers, prepare=prepare)
 
     def _days(self, days: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
         arr = np.asarray(days)
@@ -608,44 +586,6 @@ class AnytimeFormer(XreconModel):
             raise XreconError(f"{name} must hold days of year in [0, {self.config.max_day:g}], "
                               f"got {arr[bad][:5].tolist()}")
         return arr
-
-
-def _run_batches(batches: list, run: Callable[[slice | np.ndarray], None], workers: int | None) -> None:
-    """``run`` every batch under inference mode: in this thread, or in ``workers`` single-threaded workers."""
-    if workers is not None and (not isinstance(workers, int | np.integer) or workers < 1):
-        raise XreconError(f"workers must be a positive integer or None, got {workers!r}")
-    if not workers or workers == 1 or len(batches) < 2:
-        with torch.inference_mode():
-            for rows in batches:
-                run(rows)
-        return
-    threads = torch.get_num_threads()
-    todo = iter(batches)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        torch.set_num_threads(1)  # this thread's ops run on it alone
-        try:
-            with torch.inference_mode():  # thread-local, as is autocast
-                while not errors:
-                    with lock:
-                        rows = next(todo, None)
-                    if rows is None:
-                        return
-                    run(rows)
-        except BaseException as err:  # re-raised in the caller
-            errors.append(err)
-        finally:
-            torch.set_num_threads(threads)  # give later threads torch's setting back
-
-    pool = [threading.Thread(target=worker, name=f"xrecon-batch-{i}") for i in range(min(workers, len(batches)))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 def _names(bands: Sequence[str] | None) -> str:
