@@ -11,8 +11,8 @@ import xarray as xr
 import xrecon  # noqa: F401
 from tests.conftest import assert_fill_close, shared_path
 from xrecon.errors import CheckpointError, MethodError
+from xrecon.methods.anytimeformer import year_windows
 from xrecon.models import anytimeformer
-from xrecon.neural import year_windows
 from xrecon.testing import raise_if_dask_computes, synthetic_cube
 from xrecon.times import day_of_year
 

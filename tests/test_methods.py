@@ -9,9 +9,11 @@ import pytest
 
 from xrecon.errors import MethodError, XreconError
 from xrecon.methods import (
+    classical_methods,
     fill_harmonic,
     fill_linear,
     fill_whittaker,
+    get,
     get_method,
     list_methods,
     select_lambda,
@@ -52,10 +54,13 @@ def dense_whittaker(y, w, g, lam, d, h):
 
 
 def test_registry():
-    assert list_methods() == ["harmonic", "linear", "whittaker"]
+    # one list of every method fill knows: the classical kernels and the networks
+    assert list_methods() == ["anytimeformer", "harmonic", "linear", "whittaker"]
+    assert classical_methods() == ["harmonic", "linear", "whittaker"]
+    assert get("anytimeformer").needs_checkpoint and not get("linear").needs_checkpoint
     assert get_method("linear") is fill_linear
     assert get_method("whittaker") is fill_whittaker
-    with pytest.raises(MethodError, match=r"'spline'.*harmonic, linear, whittaker"):
+    with pytest.raises(MethodError, match=r"'spline'.*anytimeformer, harmonic, linear, whittaker"):
         get_method("spline")
 
 

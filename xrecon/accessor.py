@@ -42,6 +42,7 @@ class ReconAccessor:
         edges: str = "hold",
         batch_size: int | None = None,
         device: str | None = None,
+        gap_days: bool = False,
         **options: Any,
     ) -> xr.Dataset:
         """Reconstruct gap-free optical reflectance at any times.
@@ -52,9 +53,10 @@ class ReconAccessor:
             None: the optical times. A pandas frequency such as ``"5D"`` spanning the optical time
             range from its first day; ``"START/END/FREQ"`` such as ``"2019-01-01/2019-12-31/5D"``;
             or datetimes (array-like, DatetimeIndex).
-        method : str
-            ``"linear"``, ``"harmonic"``, ``"whittaker"``, or a network: ``"anytimeformer"``,
-            ``"restore-dit"`` (with ``checkpoint=``).
+        method : str or model
+            A name from :func:`xrecon.methods.list_methods`: ``"linear"``, ``"harmonic"``,
+            ``"whittaker"``, a network such as ``"anytimeformer"`` (with ``checkpoint=``), or a method
+            you registered (:func:`xrecon.methods.register`); or an xrecon model object.
         checkpoint : path, optional
             A model checkpoint, for the neural methods.
         optical, sar, mask : str
@@ -69,6 +71,9 @@ class ReconAccessor:
             method's value at that first (last) observation date, ``"nan"`` gives NaN.
         batch_size, device
             For the networks: pixels per batch, and the torch device (None: CUDA when available).
+        gap_days : bool
+            Also return ``gap_days`` ``(time, y, x)``: days from each query time to the pixel's nearest
+            clear observation (NaN for a pixel without any), the cheapest honest uncertainty proxy.
         **options
             Method options, e.g. ``order=3, trend=True`` for harmonic, ``lam=...`` for Whittaker.
 
@@ -76,8 +81,9 @@ class ReconAccessor:
         -------
         xarray.Dataset
             ``optical`` float32 ``(time, band, y, x)`` at the query times and ``observed`` bool
-            ``(time, y, x)``, with the input's spatial chunks, coordinates and CRS, and provenance
-            in ``attrs``. Lazy when the input is dask-backed. A pixel with no clear observation is NaN.
+            ``(time, y, x)`` (and any other output the method declares, such as ``optical_std``), with
+            the input's spatial chunks, coordinates and CRS, and provenance in ``attrs``. Lazy when the
+            input is dask-backed. A pixel with no clear observation is NaN.
 
         Examples
         --------
@@ -102,6 +108,7 @@ class ReconAccessor:
             edges=edges,
             batch_size=batch_size,
             device=device,
+            gap_days=gap_days,
             **options,
         )
 

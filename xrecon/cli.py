@@ -70,6 +70,7 @@ def _cmd_fill(args: argparse.Namespace) -> int:
         edges=args.edges,
         batch_size=args.batch_size,
         device=args.device,
+        gap_days=args.gap_days,
         **options,
     )
     scheduler = {"scheduler": args.scheduler} if args.scheduler else {}
@@ -157,6 +158,8 @@ def _add_cube_arguments(p: argparse.ArgumentParser, *, chunks_example: str = "y=
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xrecon.methods import list_methods, trainable_methods
+
     parser = argparse.ArgumentParser(prog="xrecon", description="Gap-free satellite image time series.")
     parser.add_argument("--version", action="version", version=f"xrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr")
     f.add_argument("input", help="input cube: Zarr store or netCDF file")
     f.add_argument("output", help="output Zarr store (refused if it exists, unless --overwrite)")
-    f.add_argument("--method", default="linear", help="linear | harmonic | whittaker | anytimeformer | restore-dit")
+    f.add_argument("--method", default="linear", help=f"one of: {', '.join(list_methods())}")
     f.add_argument(
         "--query-times",
         default=None,
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cube_arguments(f)
     f.add_argument("--edges", default="hold", choices=["hold", "nan"], help="before first / after last clear obs")
     f.add_argument("--no-keep-observed", action="store_true", help="do not pass clear observations through")
+    f.add_argument("--gap-days", action="store_true", help="also write gap_days: days to the nearest clear obs")
     f.add_argument("--option", action="append", default=[], help="method option KEY=VALUE (repeatable)")
     f.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
     f.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
@@ -186,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="hide clear observations, reconstruct them, print MAE/RMSE/R2")
     e.add_argument("input", help="input cube: Zarr store or netCDF file")
-    e.add_argument("--methods", default="linear,harmonic,whittaker", help="comma-separated method names")
+    e.add_argument("--methods", default="linear,harmonic,whittaker",
+                   help=f"comma-separated method names, of: {', '.join(list_methods())}")
     e.add_argument("--holdout", type=float, default=0.2, help="share of clear observations hidden")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
@@ -199,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint")
     t.add_argument("input", help="input cube: Zarr store or netCDF file")
     t.add_argument("output", help="best checkpoint; the last one and a CSV log are written beside it")
-    t.add_argument("--method", default="anytimeformer", help="network to train")
+    t.add_argument("--method", default="anytimeformer", help=f"network to train: {', '.join(trainable_methods())}")
     t.add_argument("--preset", default="official", help="architecture: official | small | optical-only")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
     t.add_argument("--batch-size", type=int, default=None, help="pixels per step (default 256)")

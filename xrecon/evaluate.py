@@ -17,7 +17,9 @@ import xarray as xr
 
 from xrecon.cube import DEFAULT_SAR, validate
 from xrecon.errors import XreconError
-from xrecon.fill import NEURAL_METHODS, fill
+from xrecon.fill import fill
+from xrecon.holdout import hide_observations
+from xrecon.methods import registry
 from xrecon.times import to_days
 
 __all__ = ["evaluate", "gap_lengths", "plot_evaluation", "DEFAULT_GAP_BINS"]
@@ -149,8 +151,6 @@ def evaluate(
     >>> list(table.columns[:6])
     ['method', 'band', 'n', 'mae', 'rmse', 'r2']
     """
-    from xrecon.testing import hide_observations
-
     if not 0 < holdout < 1:
         raise XreconError(f"holdout={holdout!r}: expected a fraction strictly between 0 and 1")
     if isinstance(methods, str):
@@ -174,7 +174,7 @@ def evaluate(
     lazy = {}
     for method in methods:
         kwargs = dict(fill_kwargs, **options.get(method, {}))
-        if method in NEURAL_METHODS:
+        if registry.get(method).needs_checkpoint:
             kwargs["checkpoint"] = checkpoint
         out = fill(held, None, method=method, optical=optical, sar=sar, mask=mask, **kwargs)
         pred = out["optical"]

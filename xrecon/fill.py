@@ -1,10 +1,18 @@
 """The xarray/dask orchestration of a reconstruction: ``Dataset.recon.fill``.
 
-The work is mapped over spatial chunks with :func:`xarray.apply_ufunc` (``dask="parallelized"``):
-every chunk holds whole time series (``time`` and ``band`` whole, rechunked automatically), and the
-block function :func:`fill_block` turns them into ``(pixels, time, band)`` arrays for a numpy kernel
-or a network. The graph carries only a :class:`FillSpec` (a small frozen dataclass of names, options,
-times and a checkpoint hash); models are loaded inside the tasks through a per-process cache.
+Every method comes from one registry (:mod:`xrecon.methods`) and is wired by its footprint:
+
+- **pixel** methods are mapped over the spatial chunks as they are: every chunk holds whole time series
+  (``time`` and ``band`` whole, rechunked automatically) and :func:`xrecon.kernels.fill_pixels` hands
+  ``(pixels, time, band)`` slabs to the kernel;
+- **patch** methods get ``map_overlap``-style blocks: each chunk plus ``halo`` pixels of its neighbours
+  (NaN beyond the cube's edge) and its offset in the cube's grid; :func:`xrecon.kernels.fill_patch` runs
+  the kernel and trims the halo.
+
+Both return one packed ``(time, K, y, x)`` block per chunk (every output, ``observed`` and ``gap_days``),
+split lazily into the result's variables. The graph carries only a :class:`~xrecon.kernels.FillSpec`
+(the method, its frozen plan, times and flags); models are loaded inside the tasks through a
+per-process cache.
 """
 
 from __future__ import annotations
@@ -12,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,176 +29,12 @@ from xrecon import methods
 from xrecon._version import __version__
 from xrecon.cube import DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, MethodError
-from xrecon.times import parse_query_times, to_days
+from xrecon.kernels import FillSpec, fill_patch, fill_pixels
+from xrecon.methods._common import check_edges
+from xrecon.methods.registry import BuildRequest, Method
+from xrecon.times import parse_query_times
 
-__all__ = ["fill", "FillSpec", "fill_block", "NEURAL_METHODS"]
-
-#: Methods that run a network from a checkpoint.
-NEURAL_METHODS = ("anytimeformer", "restore-dit")
-
-# Pixels per kernel call inside a chunk: large enough to vectorize well, small enough that the kernels'
-# temporaries stay a few tens of MB whatever the chunk size.
-_SLAB_PIXELS = 16_384
-
-
-def _freeze(value: Any) -> Hashable:
-    """Options -> hashable values, so that the spec tokenizes stably and carries no arrays."""
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return value
-
-
-@dataclass(frozen=True)
-class FillSpec:
-    """Everything a block needs to reconstruct its pixels, small and hashable.
-
-    Times are int64 nanoseconds since the epoch, so that equality between query and observation
-    times is exact.
-    """
-
-    method: str
-    times: tuple[int, ...]
-    query_times: tuple[int, ...]
-    sar_times: tuple[int, ...] | None = None
-    options: tuple[tuple[str, Hashable], ...] = ()
-    edges: str = "hold"
-    keep_observed: bool = True
-    has_mask: bool = False
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    batch_size: int | None = None
-    device: str | None = None
-    model_bands: tuple[int, ...] | None = None  # cube band index of each model input band
-    model_sar_bands: tuple[int, ...] | None = None  # likewise for SAR; None = SAR not used
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    @property
-    def days(self) -> np.ndarray:
-        """Observation times as float days since 1970, for the kernels."""
-        return to_days(np.asarray(self.times, dtype="datetime64[ns]"))
-
-    @property
-    def query_days(self) -> np.ndarray:
-        """Query times as float days since 1970, for the kernels."""
-        return to_days(np.asarray(self.query_times, dtype="datetime64[ns]"))
-
-
-def _run_method(
-    spec: FillSpec, values: np.ndarray, valid: np.ndarray, sar: np.ndarray | None
-) -> np.ndarray:
-    """(N, T, C), (N, T), (N, Ts, S) -> (N, Tq, C) float32, for one slab of pixels."""
-    if spec.method in NEURAL_METHODS:
-        from xrecon.neural import run_block  # torch is imported only where a network runs
-
-        return run_block(spec, values, valid, sar)
-    kernel = methods.get_method(spec.method)
-    return kernel(values, valid, spec.days, spec.query_days, edges=spec.edges, **spec.kwargs)
-
-
-def _pass_through_index(spec: FillSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (query index, observation index) where a query time equals an observation time."""
-    times = np.asarray(spec.times, dtype=np.int64)
-    query = np.asarray(spec.query_times, dtype=np.int64)
-    pos = np.clip(np.searchsorted(times, query), 0, len(times) - 1)
-    hit = times[pos] == query
-    return np.flatnonzero(hit), pos[hit]
-
-
-def _all_bands_finite(values: np.ndarray) -> np.ndarray:
-    """(N, T, C) -> (N, T) True where every band is finite.
-
-    Summing the bands (NaN and inf propagate) is ~10x faster than ``isfinite(values).all(-1)``,
-    whose reduction over a short last axis dominated the whole block for the fast kernels.
-    """
-    total = values[..., 0].astype(np.float32, copy=True)
-    for band in range(1, values.shape[-1]):
-        total += values[..., band]
-    return np.isfinite(total)
-
-
-def _copy_spectra(dst: np.ndarray, src: np.ndarray, where: np.ndarray) -> None:
-    """dst[n, t, :] = src[n, t, :] where where[n, t]; (N, T, C) float32 arrays, (N, T) mask.
-
-    Seen as one opaque C x 4-byte item per (n, t), the masked copy needs no broadcast mask and runs
-    about 3x faster than ``np.copyto(dst, src, where=where[..., None])``.
-    """
-    item = dst.dtype.itemsize * dst.shape[-1]
-    if src.dtype == dst.dtype and dst.strides[-1] == src.strides[-1] == dst.dtype.itemsize:
-        spectrum = np.dtype((np.void, item))
-        np.copyto(dst.view(spectrum)[..., 0], src.view(spectrum)[..., 0], where=where)
-    else:
-        np.copyto(dst, src, where=where[..., None], casting="unsafe")
-
-
-def _as_slice(index: np.ndarray) -> slice | None:
-    """A slice equal to an increasing run of consecutive indices, else None."""
-    if index.size and index[-1] - index[0] + 1 == index.size and (np.diff(index) == 1).all():
-        return slice(int(index[0]), int(index[-1]) + 1)
-    return None
-
-
-def fill_block(
-    optical: np.ndarray, *rest: np.ndarray, spec: FillSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reconstruct one block of pixels: numpy in, numpy out.
-
-    Parameters
-    ----------
-    optical : ndarray (..., T, C)
-        Reflectance; NaN where not observed.
-    *rest : ndarray
-        The clear mask (..., T) if ``spec.has_mask``, then SAR (..., Ts, S) if ``spec.sar_times``.
-    spec : FillSpec
-
-    Returns
-    -------
-    filled : ndarray (..., Tq, C) float32
-    observed : ndarray (..., Tq) bool
-        True where the value is an observation passed through.
-    """
-    lead = optical.shape[:-2]
-    n_time, n_band = optical.shape[-2:]
-    # Blocks arrive as transposed views of (time, band, y, x) chunks; one contiguous copy (about 1 ms per
-    # 4096 pixels) makes every later step run on unit-stride spectra.
-    values = np.ascontiguousarray(optical.reshape(-1, n_time, n_band))
-    valid = _all_bands_finite(values)
-    rest = list(rest)
-    if spec.has_mask:
-        valid &= rest.pop(0).reshape(-1, n_time).astype(bool)
-    sar = rest.pop(0) if spec.sar_times is not None else None
-    if sar is not None:
-        sar = sar.reshape(-1, *sar.shape[-2:])
-
-    n_query = len(spec.query_times)
-    n_pix = values.shape[0]
-    if n_pix <= _SLAB_PIXELS:
-        filled = _run_method(spec, values, valid, sar)  # no copy into a second buffer
-    else:
-        filled = np.empty((n_pix, n_query, n_band), dtype=np.float32)
-        for start in range(0, n_pix, _SLAB_PIXELS):
-            part = slice(start, start + _SLAB_PIXELS)
-            filled[part] = _run_method(spec, values[part], valid[part], None if sar is None else sar[part])
-
-    observed = np.zeros((n_pix, n_query), dtype=bool)
-    if spec.keep_observed:
-        q_idx, t_idx = _pass_through_index(spec)
-        if q_idx.size:
-            hit = valid[:, t_idx]  # (N, K): the query time is a clear observation of that pixel
-            observed[:, q_idx] = hit
-            q_run, t_run = _as_slice(q_idx), _as_slice(t_idx)
-            if q_run is not None and t_run is not None:  # the common case (query = optical times): in place
-                _copy_spectra(filled[:, q_run], values[:, t_run], hit)
-            else:  # write only the hits
-                n_hit, k_hit = np.nonzero(hit)
-                filled[n_hit, q_idx[k_hit]] = values[n_hit, t_idx[k_hit]]
-    return filled.reshape(*lead, n_query, n_band), observed.reshape(*lead, n_query)
+__all__ = ["fill", "FillSpec"]
 
 
 def _spatial_chunks(cube: Cube) -> dict[str, tuple[int, ...]] | None:
@@ -200,13 +43,6 @@ def _spatial_chunks(cube: Cube) -> dict[str, tuple[int, ...]] | None:
             chunks = dict(zip(da.dims, da.chunks, strict=True))
             return {"y": chunks["y"], "x": chunks["x"]}
     return None
-
-
-def _prepare(da: xr.DataArray, whole: tuple[str, ...], chunks_yx: Mapping | None) -> xr.DataArray:
-    """Chunks with `whole` dims in one piece and the common spatial chunks; core dims last."""
-    if chunks_yx is not None:
-        da = da.chunk({**{d: -1 for d in whole}, **chunks_yx})
-    return da.transpose("y", "x", *whole)
 
 
 def _check_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[str | None, str | None]:
@@ -220,16 +56,20 @@ def _check_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[str | None,
     return path, file_sha256(path)
 
 
-def _check_options(spec: FillSpec, n_band: int) -> None:
-    """Run the kernel on a two-date toy series so bad options fail now, not inside a task."""
-    if spec.method in NEURAL_METHODS:
-        return
-    kernel = methods.get_method(spec.method)
-    toy = np.zeros((1, 2, n_band), dtype=np.float32)
-    try:
-        kernel(toy, np.ones((1, 2), bool), np.array([0.0, 1.0]), np.array([0.5]), edges=spec.edges, **spec.kwargs)
-    except TypeError as err:
-        raise MethodError(f"method {spec.method!r} does not take these options: {err}") from None
+def _resolve_method(method: Any, checkpoint: Any) -> tuple[Method, Any]:
+    """A registered method by name, or a model object (saved to a file the graph can name)."""
+    if isinstance(method, str):
+        return methods.get(method), checkpoint
+    name = getattr(method, "name", None)
+    if not (hasattr(method, "save") and name in methods.checkpoint_methods()):
+        raise MethodError(
+            f"method must be a name among {methods.list_methods()} or an xrecon model; got {type(method).__name__}"
+        )
+    if checkpoint is not None:
+        raise MethodError("give either a model object as method= or checkpoint=, not both")
+    from xrecon.neural import model_to_checkpoint
+
+    return methods.get(name), model_to_checkpoint(method)
 
 
 def fill(
@@ -245,6 +85,7 @@ def fill(
     edges: str = "hold",
     batch_size: int | None = None,
     device: str | None = None,
+    gap_days: bool = False,
     **options: Any,
 ) -> xr.Dataset:
     """Reconstruct gap-free optical reflectance at the query times.
@@ -253,77 +94,101 @@ def fill(
     dask-backed: the result's spatial chunks are the input's, with ``time`` and ``band`` whole.
     """
     cube = validate(ds, optical=optical, sar=sar, mask=mask)
-    if not isinstance(method, str):
-        if not (hasattr(method, "save") and getattr(method, "name", None) in NEURAL_METHODS):
-            raise MethodError(
-                f"method must be a name among {methods.list_methods() + list(NEURAL_METHODS)} or an xrecon "
-                f"model; got {type(method).__name__}"
-            )
-        if checkpoint is not None:
-            raise MethodError("give either a model object as method= or checkpoint=, not both")
-        from xrecon.neural import model_to_checkpoint
-
-        method, checkpoint = method.name, model_to_checkpoint(method)
-    if method not in methods.list_methods() and method not in NEURAL_METHODS:
-        methods.get_method(method)  # raises MethodError listing the classical methods
+    spec_method, checkpoint = _resolve_method(method, checkpoint)
     ckpt_path, ckpt_hash = _check_checkpoint(checkpoint)
-    if method in NEURAL_METHODS and ckpt_path is None:
-        raise CheckpointError(f"method {method!r} needs checkpoint=<path of a model file>")
-    if method not in NEURAL_METHODS and ckpt_path is not None:
-        raise MethodError(f"method {method!r} takes no checkpoint; checkpoints are for {NEURAL_METHODS}")
-
+    check_edges(edges)
     query = parse_query_times(query_times, cube.times)
-    model_bands = model_sar_bands = None
-    if method in NEURAL_METHODS:
-        from xrecon.neural import check_model
-
-        model_bands, model_sar_bands = check_model(method, ckpt_path, ckpt_hash, cube.bands, cube.sar_bands, options)
-    use_sar = model_sar_bands is not None
+    plan = spec_method.prepare(BuildRequest(
+        cube=cube, query_times=query, options=options, edges=edges, checkpoint=ckpt_path,
+        checkpoint_sha256=ckpt_hash, batch_size=batch_size, device=device,
+    ))
+    use_sar = plan.use_sar and cube.sar is not None
     spec = FillSpec(
-        method=method,
+        method=spec_method,
+        plan=plan,
         times=tuple(cube.times.asi8.tolist()),
         query_times=tuple(query.asi8.tolist()),
         sar_times=tuple(cube.sar_times.asi8.tolist()) if use_sar else None,
-        options=tuple(sorted((k, _freeze(v)) for k, v in options.items())),
         edges=edges,
         keep_observed=bool(keep_observed),
         has_mask=cube.clear is not None,
-        checkpoint=ckpt_path,
-        checkpoint_sha256=ckpt_hash,
-        batch_size=batch_size,
-        device=device,
-        model_bands=model_bands,
-        model_sar_bands=model_sar_bands,
+        gap_days=bool(gap_days),
     )
-    _check_options(spec, len(cube.bands))
+    variables = _graph(cube, spec)
+    out = xr.Dataset(coords={"time": query}).assign(variables)
+    return _finish(out, ds, cube, spec, ckpt_path, ckpt_hash, options)
 
-    chunks_yx = _spatial_chunks(cube)
-    inputs = [_prepare(cube.optical, ("time", "band"), chunks_yx)]
-    core_dims = [["time", "band"]]
+
+def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ...], tuple[int, ...]],
+                block_id: tuple[int, ...] | None = None) -> np.ndarray:
+    """One dask task: a pixel block, or a patch block with its offset in the grid found from its position."""
+    if spec.method.footprint == "pixel":
+        return fill_pixels(*blocks, spec=spec)
+    h = spec.method.halo
+    offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
+    return fill_patch(*blocks, spec=spec, offset=offset)
+
+
+def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
+    """Map the method over the spatial chunks (with a halo for patch methods); split the packed result."""
+    h = spec.method.halo
+    arrays = [cube.optical.transpose("time", "band", "y", "x")]
+    fills: list[Any] = [np.nan]  # beyond the cube's edge: not observed
     if cube.clear is not None:
-        inputs.append(_prepare(cube.clear, ("time",), chunks_yx))
-        core_dims.append(["time"])
-    if use_sar:
-        inputs.append(_prepare(cube.sar, ("sar_time", "sar_band"), chunks_yx))
-        core_dims.append(["sar_time", "sar_band"])
+        arrays.append(cube.clear.transpose("time", "y", "x"))
+        fills.append(False)
+    if spec.plan.use_sar:
+        arrays.append(cube.sar.transpose("sar_time", "sar_band", "y", "x"))
+        fills.append(np.nan)
+    n_query, n_band = len(spec.query_times), len(cube.bands)
+    n_packed = n_band * len(spec.method.outputs) + 1 + int(spec.gap_days)
+    chunks_yx = _spatial_chunks(cube)
+    if chunks_yx is None:  # in memory: one block
+        blocks = [np.asarray(a.values) for a in arrays]
+        if h:
+            blocks = [np.pad(b, [(0, 0)] * (b.ndim - 2) + [(h, h), (h, h)], constant_values=f)
+                      for b, f in zip(blocks, fills, strict=True)]
+        packed = _block_task(*blocks, spec=spec, starts=((0,), (0,)), block_id=(0, 0, 0, 0))
+    else:
+        import dask.array as dsa
 
-    # Drop every coordinate along the core dims: apply_ufunc must not try to align them.
-    inputs = [da.drop_vars([c for c in da.coords if c not in ("y", "x", "band")]) for da in inputs]
-    filled, observed = xr.apply_ufunc(
-        fill_block,
-        *inputs,
-        input_core_dims=core_dims,
-        output_core_dims=[["query", "band"], ["query"]],
-        dask="parallelized",
-        output_dtypes=[np.float32, bool],
-        dask_gufunc_kwargs={"output_sizes": {"query": len(query)}},
-        kwargs={"spec": spec},
-        keep_attrs=False,
-    )
-    filled = filled.rename(query="time").transpose("time", "band", "y", "x")
-    observed = observed.rename(query="time").transpose("time", "y", "x")
-    out = xr.Dataset(coords={"time": query}).assign(optical=filled, observed=observed)
-    return _finish(out, ds, cube, spec, options)
+        # dask's overlap needs every chunk at least as wide as the halo; rechunk back afterwards
+        work_yx = {d: _at_least(c, h) for d, c in chunks_yx.items()}
+        data = []
+        for a, f in zip(arrays, fills, strict=True):
+            d = a.chunk({**{dim: -1 for dim in a.dims[:-2]}, **work_yx}).data
+            if h:
+                axes = {d.ndim - 2: h, d.ndim - 1: h}
+                d = dsa.overlap.overlap(d, depth=axes, boundary={k: f for k in axes})
+            data.append(d)
+        starts = tuple(tuple(int(s) for s in np.cumsum((0, *work_yx[d][:-1]))) for d in ("y", "x"))
+        packed = dsa.map_blocks(
+            _block_task, *data, spec=spec, starts=starts, dtype=np.float32,
+            chunks=((n_query,), (n_packed,), work_yx["y"], work_yx["x"]),
+            meta=np.empty((0, 0, 0, 0), np.float32), token=f"xrecon-{spec.method.name}",
+        )
+        if work_yx != chunks_yx:
+            packed = packed.rechunk({2: chunks_yx["y"], 3: chunks_yx["x"]})
+    coords = {"y": cube.optical["y"].variable, "x": cube.optical["x"].variable, "band": cube.optical["band"].variable}
+    spatial = {"y": coords["y"], "x": coords["x"]}
+    variables = {}
+    for k, name in enumerate(spec.method.outputs):
+        variables[name] = xr.DataArray(packed[:, k * n_band:(k + 1) * n_band], dims=("time", "band", "y", "x"),
+                                       coords=coords)
+    k = n_band * len(spec.method.outputs)
+    variables["observed"] = xr.DataArray(packed[:, k] > 0.5, dims=("time", "y", "x"), coords=spatial)
+    if spec.gap_days:
+        variables["gap_days"] = xr.DataArray(packed[:, k + 1], dims=("time", "y", "x"), coords=spatial)
+    return variables
+
+
+def _at_least(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:
+    """The chunks, or uniform chunks of ``size`` when one is smaller (dask's overlap needs that)."""
+    if min(chunks) >= size:
+        return tuple(chunks)
+    total = sum(chunks)
+    n = total // size
+    return (size,) * (n - 1) + (total - size * (n - 1),) if n > 1 else (total,)
 
 
 def _finish(
@@ -331,6 +196,8 @@ def _finish(
     ds: xr.Dataset,
     cube: Cube,
     spec: FillSpec,
+    checkpoint: str | None,
+    checkpoint_sha256: str | None,
     options: Mapping[str, Any],
 ) -> xr.Dataset:
     """Coordinates, CRS and provenance."""
@@ -352,16 +219,18 @@ def _finish(
         # A cube reopened from Zarr holds its CRS variable as a data variable: carry it as a coordinate.
         out = out.assign_coords({grid_mapping: ds[grid_mapping].variable})
     if grid_mapping is not None:
-        out["optical"].attrs["grid_mapping"] = grid_mapping
-        out["observed"].attrs["grid_mapping"] = grid_mapping
+        for name in out.data_vars:
+            out[name].attrs["grid_mapping"] = grid_mapping
     out["observed"].attrs["long_name"] = "value is a clear observation passed through"
+    if "gap_days" in out:
+        out["gap_days"].attrs.update(long_name="days to the nearest clear observation", units="days")
     out.attrs = {
-        "method": spec.method,
+        "method": spec.method.name,
         "options": json.dumps({k: v for k, v in sorted(options.items())}, default=str),
         "edges": spec.edges,
         "keep_observed": int(spec.keep_observed),
-        "checkpoint": "" if spec.checkpoint is None else os.path.basename(spec.checkpoint),
-        "checkpoint_sha256": spec.checkpoint_sha256 or "",
+        "checkpoint": "" if checkpoint is None else os.path.basename(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256 or "",
         "xrecon_version": __version__,
     }
     return out

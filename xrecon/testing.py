@@ -8,7 +8,8 @@ soil moisture and radar response) so that models trained on it must learn that o
 SAR and to the season.
 
 :func:`raise_if_dask_computes` fails a test when something computes before it should (flox's helper),
-and :func:`hide_observations` hides a random share of the clear observations for hold-out evaluation.
+and :func:`hide_observations` (from :mod:`xrecon.holdout`) hides a random share of the clear observations
+for hold-out evaluation.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from scipy.spatial import cKDTree
 from scipy.special import expit
 
 from xrecon.errors import CubeError, QueryTimesError, XreconError
+from xrecon.holdout import hide_observations
+from xrecon.rng import hash_uniform
 
 __all__ = [
     "S2_BANDS",
@@ -801,90 +804,5 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[_CountingScheduler
         yield scheduler
 
 
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + _M1
-    z = (z ^ (z >> np.uint64(30))) * _M2
-    z = (z ^ (z >> np.uint64(27))) * _M3
-    return z ^ (z >> np.uint64(31))
-
-
-def _hash_uniform(seed: int, t: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Uniform [0, 1) numbers keyed on (seed, t, y, x) positions: the same whatever the chunking."""
-    with np.errstate(over="ignore"):
-        z = _splitmix(np.full(np.broadcast_shapes(t.shape, y.shape, x.shape), seed, dtype=np.uint64))
-        for idx in (t, y, x):
-            z = _splitmix(z ^ idx.astype(np.uint64))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def hide_observations(
-    ds: xr.Dataset,
-    fraction: float,
-    *,
-    seed: int = 0,
-    optical: str = "optical",
-    mask: str | None = None,
-) -> tuple[xr.Dataset, xr.DataArray]:
-    """Hide a random share of the clear observations, for hold-out evaluation.
-
-    Each clear observation (all bands finite, and ``mask`` True when given) is hidden independently
-    with probability ``fraction``, keyed on its (time, y, x) position and ``seed``: the choice does not
-    depend on the chunking, and nothing is computed for dask-backed cubes.
-
-    Parameters
-    ----------
-    ds : xr.Dataset
-        A cube following the conventions.
-    fraction : float
-        Probability, 0-1, that a clear observation is hidden.
-    seed : int
-        Seed of the choice.
-    optical : str
-        Name of the optical variable.
-    mask : str, optional
-        Name of a clear mask ``(time, y, x)``; it is also set False where hidden.
-
-    Returns
-    -------
-    (xr.Dataset, xr.DataArray)
-        The cube with hidden observations set to NaN, and the bool ``hidden`` mask ``(time, y, x)``.
-
-    Examples
-    --------
-    >>> from xrecon.testing import synthetic_cube, hide_observations
-    >>> ds = synthetic_cube(ny=16, nx=16, seed=2)
-    >>> held, hidden = hide_observations(ds, 0.2, seed=0, mask="clear")
-    >>> bool(held.optical.where(hidden).isnull().all())
-    True
-    """
-    if not 0 <= fraction <= 1:
-        raise XreconError(f"fraction={fraction!r}: expected a fraction from 0 to 1")
-    for name in (optical, mask):
-        if name is not None and name not in ds:
-            raise CubeError(f"variable {name!r} not in the cube (variables: {list(ds.data_vars)})")
-    obs = ds[optical]
-    for dim in ("time", "band", "y", "x"):
-        if dim not in obs.dims:
-            raise CubeError(f"{optical!r} has dims {obs.dims}; expected ('time', 'band', 'y', 'x')")
-    valid = obs.notnull().all("band")
-    if mask is not None:
-        valid = valid & ds[mask].astype(bool)
-    idx = {d: xr.DataArray(np.arange(obs.sizes[d], dtype=np.int64), dims=d) for d in ("time", "y", "x")}
-    if obs.chunks is not None:
-        idx = {d: a.chunk({d: obs.chunksizes[d]}) for d, a in idx.items()}
-    u = xr.apply_ufunc(
-        lambda t, y, x: _hash_uniform(int(seed), t, y, x),
-        idx["time"], idx["y"], idx["x"],
-        dask="parallelized", output_dtypes=[np.float64],
-    ).transpose("time", "y", "x")
-    hidden = (valid & (u < fraction)).rename("hidden")
-    out = ds.copy()
-    out[optical] = obs.where(~hidden)
-    if mask is not None:
-        out[mask] = ds[mask].astype(bool) & ~hidden
-    return out, hidden
+# Kept under their old names for code that imported them from here; production code uses xrecon.rng.
+_hash_uniform = hash_uniform

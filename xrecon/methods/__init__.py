@@ -1,6 +1,9 @@
-"""Classical reconstruction kernels: numpy in, numpy out, many pixels at once.
+"""Reconstruction methods: one registry for the classical kernels, the networks and your own.
 
-Every method has the signature::
+:func:`list_methods` names every method ``fill`` knows; :func:`register` adds one (see
+:mod:`xrecon.methods.registry` for the interface and ``docs/writing-a-method.md`` for examples).
+
+The classical kernels have the pixel signature::
 
     fill_<name>(values, valid, t, tq, *, edges="hold", **options) -> ndarray
 
@@ -16,47 +19,91 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from xrecon.errors import MethodError
 from xrecon.methods.harmonic import fill_harmonic
 from xrecon.methods.linear import fill_linear
+from xrecon.methods.registry import (
+    BuildRequest,
+    Method,
+    Plan,
+    checkpoint_methods,
+    get,
+    list_methods,
+    register,
+    unregister,
+)
 from xrecon.methods.whittaker import fill_whittaker, select_lambda
 
-__all__ = ["get_method", "list_methods", "fill_linear", "fill_harmonic", "fill_whittaker", "select_lambda"]
+__all__ = [
+    "BuildRequest",
+    "Method",
+    "Plan",
+    "checkpoint_methods",
+    "classical_methods",
+    "fill_harmonic",
+    "fill_linear",
+    "fill_whittaker",
+    "get",
+    "get_method",
+    "list_methods",
+    "register",
+    "select_lambda",
+    "trainable_methods",
+    "unregister",
+]
 
-_METHODS: dict[str, Callable[..., object]] = {
-    "harmonic": fill_harmonic,
-    "linear": fill_linear,
-    "whittaker": fill_whittaker,
+_CLASSICAL = {
+    "harmonic": (fill_harmonic, "annual harmonics (order, period, optional trend), least squares per pixel"),
+    "linear": (fill_linear, "linear interpolation between the clear observations around each query"),
+    "whittaker": (fill_whittaker, "Whittaker smoother on irregular dates (fixed lam, or 'gcv' / 'vcurve')"),
 }
+for _name, (_kernel, _summary) in _CLASSICAL.items():
+    register(_name, _kernel, summary=_summary)
+
+register(
+    "anytimeformer",
+    "xrecon.methods.anytimeformer:fill_anytimeformer",
+    build="xrecon.methods.anytimeformer:build",
+    options=("precision", "fallback"),
+    needs_checkpoint=True,
+    sar=True,
+    training="xrecon.training.tasks:AnytimeFormerTask",
+    summary="AnytimeFormer network (Tang et al. 2025), optical + SAR, any query day; needs checkpoint=",
+)
 
 
-def list_methods() -> list[str]:
-    """Names of the classical methods, sorted.
+def classical_methods() -> list[str]:
+    """Names of the methods that need no checkpoint (what a network's ``fallback=`` may name).
 
     Examples
     --------
-    >>> list_methods()
+    >>> classical_methods()
     ['harmonic', 'linear', 'whittaker']
     """
-    return sorted(_METHODS)
+    return [name for name in list_methods() if not get(name).needs_checkpoint and get(name).footprint == "pixel"]
+
+
+def trainable_methods() -> list[str]:
+    """Names of the methods ``ds.recon.train`` can train.
+
+    Examples
+    --------
+    >>> trainable_methods()
+    ['anytimeformer']
+    """
+    return [name for name in list_methods() if get(name).training is not None]
 
 
 def get_method(name: str) -> Callable[..., object]:
-    """The kernel ``fill_<name>`` of a classical method.
+    """The kernel of a registered method (``fill_<name>`` for the classical ones).
 
     Raises
     ------
     MethodError
-        If no classical method has that name; the message lists those available.
+        If no method has that name; the message lists those available.
 
     Examples
     --------
     >>> get_method("linear").__name__
     'fill_linear'
     """
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise MethodError(
-            f"unknown classical method {name!r}; available: {', '.join(list_methods())}"
-        ) from None
+    return get(name).kernel_function()
