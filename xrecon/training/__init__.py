@@ -1,5 +1,8 @@
 """Training: pixel streams from cubes, gap simulation, losses, normalization statistics, the trainer.
 
+The trainer is generic; what a method provides to be trainable is a :class:`TrainingTask`
+(:mod:`xrecon.training.tasks`; AnytimeFormer's is :class:`AnytimeFormerTask`).
+
 See ``docs/training-data.md`` for the batch format and how resuming and sharding work, and
 ``docs/training.md`` for :func:`train`.
 """
@@ -7,20 +10,25 @@ See ``docs/training-data.md`` for the batch format and how resuming and sharding
 from xrecon.training.gaps import GapConfig, hide_random, hide_runs, hide_transplant, simulate_gaps
 from xrecon.training.losses import LossTerms, masked_error, reconstruction_loss, take_days, total_variation
 from xrecon.training.stats import NormStats, compute_stats, standardize_batch
-from xrecon.training.stream import PixelStream, collate_pixels, pixel_loader
-from xrecon.training.trainer import TrainConfig, train, training_files
+from xrecon.training.stream import BlockStream, PixelStream, collate_pixels, pixel_loader
+from xrecon.training.tasks import AnytimeFormerTask, TrainingTask
+from xrecon.training.trainer import TrainConfig, log_columns, train, training_files
 
 __all__ = [
+    "AnytimeFormerTask",
+    "BlockStream",
     "GapConfig",
     "LossTerms",
     "NormStats",
     "PixelStream",
     "TrainConfig",
+    "TrainingTask",
     "collate_pixels",
     "compute_stats",
     "hide_random",
     "hide_runs",
     "hide_transplant",
+    "log_columns",
     "masked_error",
     "pixel_loader",
     "reconstruction_loss",

@@ -1,10 +1,15 @@
-"""Training AnytimeFormer on one's own cubes: spatial validation, checkpoints, resuming.
+"""Training a network on one's own cubes: spatial validation, checkpoints, resuming.
 
 :func:`train` is a short loop in the manner of nanoGPT: a :class:`TrainConfig` of training settings
-(the architecture is separate, an :class:`~xrecon.models.anytimeformer.AnytimeFormerConfig` or a
-preset name), a :class:`~xrecon.training.stream.PixelStream` over the training blocks, AdamW with
-linear warm-up and cosine decay, and an evaluation of a fixed, seeded set of validation pixels from
-spatially held-out blocks.
+(the architecture is separate, e.g. an :class:`~xrecon.models.anytimeformer.AnytimeFormerConfig` or a
+preset name), a stream of batches over the training blocks, AdamW with linear warm-up and cosine
+decay, and an evaluation of a fixed, seeded set of validation samples from spatially held-out blocks.
+
+The loop is the same for every network; what is the network's own (its architecture options, how a
+new model is built, the samples it learns from, its forward pass and loss, its validation score) is
+the method's training task, a :class:`~xrecon.training.tasks.TrainingTask` found with
+``xrecon.methods.get(method).training_task()``. AnytimeFormer's is
+:class:`~xrecon.training.tasks.AnytimeFormerTask`.
 
 Files written for ``out="model.xrecon"`` (see :func:`training_files`):
 
@@ -19,13 +24,12 @@ Files written for ``out="model.xrecon"`` (see :func:`training_files`):
     and the best score so far. ``train(..., resume=True)`` continues from it.
 ``model.log.csv``
     One row per ``log_interval`` steps (and per validation): step, epoch, learning rate, training
-    losses, validation loss and RMSE, pixels seen, seconds.
+    loss and its parts (the task's ``terms``; AnytimeFormer: imputation, reconstruction, tv),
+    validation loss and RMSE, samples ("pixels") seen, seconds (see :func:`log_columns`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import csv
 import dataclasses
 import math
@@ -44,18 +48,14 @@ from xrecon._version import __version__
 from xrecon.cube import DEFAULT_SAR, validate
 from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
 from xrecon.models.base import XreconModel
-from xrecon.runtime import PRECISIONS, resolve_device
+from xrecon.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from xrecon.training.gaps import GapConfig
-from xrecon.training.losses import reconstruction_loss, take_days
-from xrecon.training.stats import NormStats, compute_stats, standardize_batch
-from xrecon.training.stream import PixelStream, pixel_loader
+from xrecon.training.stats import NormStats, compute_stats
+from xrecon.training.stream import BlockStream
+from xrecon.training.tasks import TrainingTask
 
-__all__ = ["TrainConfig", "train", "training_files"]
+__all__ = ["TrainConfig", "log_columns", "train", "training_files"]
 
-#: Training methods: the networks :func:`train` knows how to train.
-TRAINABLE = ("anytimeformer",)
-LOG_COLUMNS = ("step", "epoch", "lr", "loss", "imputation", "reconstruction", "tv", "val_loss", "val_rmse",
-               "pixels", "seconds")
 _VALIDATION_STREAM = 1  # the validation set's seed is (seed, this): never the training stream's
 
 
@@ -67,6 +67,10 @@ def _default_gaps() -> GapConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings (the architecture is separate: a preset name or an ``AnytimeFormerConfig``).
+
+    ``gaps``, ``loss``, ``reconstruction_weight``, ``anytime``, ``tv_weight``, ``window`` and
+    ``min_obs`` are read by the method's training task (what they mean here is AnytimeFormer's);
+    the others by the trainer.
 
     Attributes
     ----------
@@ -219,6 +223,17 @@ def training_files(out: str | os.PathLike) -> tuple[Path, Path, Path]:
     return best, best.with_name(f"{best.stem}.last{best.suffix}"), best.with_name(f"{best.stem}.log.csv")
 
 
+def log_columns(terms: Sequence[str]) -> tuple[str, ...]:
+    """The CSV log's columns for a training task with loss parts ``terms`` (its ``terms`` attribute).
+
+    Examples
+    --------
+    >>> log_columns(("imputation", "reconstruction", "tv"))  # AnytimeFormer's
+    ('step', 'epoch', 'lr', 'loss', 'imputation', 'reconstruction', 'tv', 'val_loss', 'val_rmse', 'pixels', 'seconds')
+    """
+    return ("step", "epoch", "lr", "loss", *terms, "val_loss", "val_rmse", "pixels", "seconds")
+
+
 # --------------------------------------------------------------------------------------------------
 # the data side: blocks, hold-out, statistics
 
@@ -255,7 +270,7 @@ def _split_blocks(blocks: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return blocks[~is_val], blocks[is_val]
 
 
-def _area(stream: PixelStream, blocks: np.ndarray, cube: int, shape: tuple[int, int]) -> np.ndarray:
+def _area(stream: BlockStream, blocks: np.ndarray, cube: int, shape: tuple[int, int]) -> np.ndarray:
     """(y, x) bool: the pixels of ``cube`` inside ``blocks``."""
     area = np.zeros(shape, bool)
     for task in blocks[blocks[:, 0] == cube]:
@@ -263,7 +278,7 @@ def _area(stream: PixelStream, blocks: np.ndarray, cube: int, shape: tuple[int, 
     return area
 
 
-def _training_stats(cubes: Sequence[xr.Dataset], stream: PixelStream, blocks: np.ndarray, optical: Hashable,
+def _training_stats(cubes: Sequence[xr.Dataset], stream: BlockStream, blocks: np.ndarray, optical: Hashable,
                     sar: Hashable | None, mask: Hashable | None) -> NormStats:
     """Normalization statistics of the training blocks only (validation pixels stay unseen)."""
     masked = []
@@ -276,57 +291,6 @@ def _training_stats(cubes: Sequence[xr.Dataset], stream: PixelStream, blocks: np
             ds[sar] = ds[sar].where(area)
         masked.append(ds)
     return compute_stats(masked, optical=optical, sar=sar, mask=mask)
-
-
-def _check_bands(model: XreconModel, bands: Sequence[str], sar_bands: Sequence[str] | None, what: str) -> None:
-    c = model.config
-    for mine, theirs, n, kind in ((model.optical_bands, bands, c.n_optical_bands, "optical"),
-                                  (model.sar_bands, sar_bands, c.n_sar_bands, "SAR")):
-        if n == 0:
-            continue
-        if not theirs:
-            raise CheckpointError(f"{what} takes {n} {kind} band(s) {mine or ''} but the cube has none")
-        if mine is None:
-            if len(theirs) != n:
-                raise CheckpointError(f"{what} takes {n} {kind} bands (unnamed), the cube has {list(theirs)}")
-        elif sorted(mine) != sorted(theirs):
-            raise CheckpointError(
-                f"{what} has {kind} bands {list(mine)}, the cube has {list(theirs)}; they must match by name "
-                "(select bands with ds.sel(band=[...]), or train from scratch without init=)"
-            )
-
-
-# --------------------------------------------------------------------------------------------------
-# the model side
-
-
-def _new_model(model: str | Any, architecture: Mapping[str, Any], n_bands: int, n_sar: int) -> XreconModel:
-    from xrecon.models.anytimeformer import PRESETS, AnytimeFormer, AnytimeFormerConfig
-
-    if isinstance(model, str):
-        if model not in PRESETS:
-            raise MethodError(f"model={model!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
-        base = PRESETS[model]
-    elif isinstance(model, AnytimeFormerConfig):
-        base = model
-    else:
-        raise MethodError(f"model must be a preset name or an AnytimeFormerConfig, got {type(model).__name__}")
-    config = dataclasses.replace(base, **architecture, n_optical_bands=n_bands, n_sar_bands=n_sar)
-    return AnytimeFormer(config)
-
-
-def _load_init(init: Any, method: str) -> XreconModel:
-    from xrecon.models import load
-
-    if isinstance(init, XreconModel):
-        model = copy.deepcopy(init).cpu()  # never train the caller's object in place
-    elif isinstance(init, str | os.PathLike):
-        model = load(init, device="cpu")
-    else:
-        raise CheckpointError(f"init must be a checkpoint path or an xrecon model, got {type(init).__name__}")
-    if model.name != method:
-        raise CheckpointError(f"init holds a {model.name!r} model, not {method!r}")
-    return model
 
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -345,55 +309,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise XreconError("precision='fp16' is for GPUs; on a CPU use 'bf16' or 'fp32'")
-    return PRECISIONS[precision]
-
-
-def _forward(model: Any, b: Mapping[str, torch.Tensor], cfg: TrainConfig, dtype: torch.dtype,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Predictions at the observation days, and on the daily grid for anytime training."""
-    doy = b["doy"][0]  # (T,) shared by the batch
-    use_sar = model.config.n_sar_bands > 0 and b["sar"].shape[1] > 0
-    sar, sar_doy = (b["sar"], b["sar_doy"][0]) if use_sar else (None, None)
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    with ctx:
-        if cfg.anytime:
-            days = torch.arange(1, 367, device=device, dtype=torch.float32)
-            dense = model(b["optical"], doy, days, sar, sar_doy).float()  # (B, 366, C)
-            return take_days(dense, 1, b["doy"]), dense
-        return model(b["optical"], doy, doy, sar, sar_doy).float(), None  # (B, T, C)
-
-
 def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-@torch.no_grad()
-def _validate(model: Any, batches: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, dtype: torch.dtype,
-              device: torch.device) -> tuple[float, float]:
-    """(imputation loss in standardized units, RMSE in reflectance) on the hidden validation observations."""
-    model.eval()
-    norm = model.normalization
-    err_sum, sq_sum, count = 0.0, 0.0, 0
-    std = model.optical_std
-    for batch in batches:
-        b = standardize_batch(_to(batch, device), norm)
-        pred, _ = _forward(model, b, cfg, dtype, device)
-        hidden = b["hidden"].unsqueeze(-1).expand_as(pred)
-        d = (pred - b["target"])[hidden]
-        err_sum += float((d.abs() if cfg.loss == "l1" else d**2).sum())
-        sq_sum += float(((d.view(-1, pred.shape[-1]) * std) ** 2).sum())
-        count += int(hidden.sum())
-    model.train()
-    if count == 0:
-        return float("nan"), float("nan")
-    return err_sum / count, math.sqrt(sq_sum / count)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,21 +320,21 @@ def _validate(model: Any, batches: Sequence[Mapping[str, torch.Tensor]], cfg: Tr
 class _Log:
     """The CSV log; on resume, rows written after the last checkpoint are dropped (they are redone)."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, columns: Sequence[str]) -> None:
+        self.path, self.columns = path, tuple(columns)
         rows: list[dict[str, str]] = []
         if resume_step is not None and path.is_file():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS)
+            w = csv.DictWriter(f, self.columns)
             w.writeheader()
             w.writerows(rows)
 
     def write(self, row: Mapping[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_COLUMNS).writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+            csv.DictWriter(f, self.columns).writerow({k: _fmt(row.get(k)) for k in self.columns})
 
 
 def _fmt(v: Any) -> Any:
@@ -464,28 +381,49 @@ class _Data:
     cubes: list[xr.Dataset]
     bands: list[str]
     sar_bands: list[str] | None  # None when the model takes no SAR
-    stream_kw: dict[str, Any]
+    stream_kw: dict[str, Any]  # optical, sar, mask, block: the task adds its own settings
     block: int | None
-    grid: PixelStream  # unseeded, only for the blocks' geometry
+    grid: BlockStream  # unseeded, only for the blocks' geometry
     train_blocks: np.ndarray
     val_blocks: np.ndarray
 
 
-def _resolve_options(method: str, cubes: xr.Dataset | Sequence[xr.Dataset], config: TrainConfig | None,
+def _task(method: str) -> TrainingTask:
+    """A new instance of the method's training task (one per run: a task may keep per-run state)."""
+    import xrecon.methods  # late: the registry may import training tasks
+
+    try:
+        found = xrecon.methods.get(method)
+    except MethodError:
+        raise MethodError(f"train(method={method!r}): no such method; trainable methods are "
+                          f"{xrecon.methods.trainable_methods()}") from None
+    task = found.training_task()  # MethodError naming the trainable methods when it has none
+    if not (isinstance(task, type) and issubclass(task, TrainingTask)):
+        raise MethodError(f"method {method!r}: its training task must be a TrainingTask subclass, got {task!r}")
+    return task()
+
+
+def _precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``TrainConfig.precision``: "auto" is the trainer's choice, the rest runtime's."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        # fp16 only where bf16 is missing: it needs loss scaling (the GradScaler is on for it alone).
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return resolve_precision(precision, device)
+
+
+def _resolve_options(task: TrainingTask, cubes: xr.Dataset | Sequence[xr.Dataset], config: TrainConfig | None,
                      options: Mapping[str, Any], shortcuts: Mapping[str, Any],
                      ) -> tuple[list[xr.Dataset], TrainConfig, dict[str, Any], dict[str, Any]]:
     """(cubes, settings, the training settings given explicitly, the architecture options)."""
-    from xrecon.models.anytimeformer import AnytimeFormerConfig
-
-    if method not in TRAINABLE:
-        raise MethodError(f"train(method={method!r}): trainable methods are {list(TRAINABLE)}")
     if isinstance(cubes, xr.Dataset):
         cubes = [cubes]
     cubes = list(cubes)
     if not cubes:
         raise CubeError("train needs at least one cube")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    arch_fields = {f.name for f in dataclasses.fields(AnytimeFormerConfig)} - {"n_optical_bands", "n_sar_bands"}
+    arch_fields = set(task.options())
     unknown = sorted(set(options) - train_fields - arch_fields)
     if unknown:
         raise MethodError(f"train: unknown options {unknown}; training options: {sorted(train_fields)}; "
@@ -496,19 +434,25 @@ def _resolve_options(method: str, cubes: xr.Dataset | Sequence[xr.Dataset], conf
     return cubes, dataclasses.replace(config or TrainConfig(), **explicit), explicit, architecture
 
 
+def _changed(task: TrainingTask, model: XreconModel, architecture: Mapping[str, Any]) -> list[str]:
+    """The architecture options that differ from ``model``'s."""
+    fixed = task.architecture(model)
+    return sorted(k for k, v in architecture.items() if fixed[k] != v)
+
+
 def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: Mapping[str, Any],
-                    architecture: Mapping[str, Any], method: str, init: Any, resume: bool, overwrite: bool,
+                    architecture: Mapping[str, Any], task: TrainingTask, init: Any, resume: bool, overwrite: bool,
                     ) -> tuple[TrainConfig, XreconModel | None, dict[str, Any] | None]:
     """(settings, model to start from, resume state): the last checkpoint's, ``init``, or none (from scratch)."""
     best_path, last_path, _ = paths
     if resume and last_path.is_file():
-        model_obj = _load_init(last_path, method)
+        model_obj = task.load_init(last_path)
         state = model_obj.metadata.get("resume")
         if not isinstance(state, dict):
             raise CheckpointError(f"{last_path.name!r} holds no training state to resume from")
         saved = TrainConfig.from_dict(state["config"])
         changed = sorted(k for k, v in explicit.items() if k != "steps" and getattr(saved, k) != v)
-        changed += sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+        changed += _changed(task, model_obj, architecture)
         if changed:
             raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
                               "(start a new run in another file to change them)")
@@ -518,38 +462,40 @@ def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: 
                                 "continue that run or overwrite=True to start again")
     if init is None:
         return cfg, None, None
-    model_obj = _load_init(init, method)
-    changed = sorted(k for k, v in architecture.items() if getattr(model_obj.config, k) != v)
+    model_obj = task.load_init(init)
+    changed = _changed(task, model_obj, architecture)
     if changed:
         raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
     return cfg, model_obj, None
 
 
-def _prepare_data(cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: XreconModel | None,
+def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: XreconModel | None,
                   state: Mapping[str, Any] | None, optical: Hashable, sar: Hashable | None,
                   mask: Hashable | None) -> _Data:
     """The cubes as the model will see them (only its variables, bands in its order), and the hold-out."""
     parts = [validate(ds, optical=optical, sar=sar, mask=mask) for ds in cubes]
     bands = [str(b) for b in parts[0].bands]
     sar_bands = [str(b) for b in parts[0].sar_bands] if parts[0].sar is not None else None
+    # A new model takes what the cube has; a loaded one the bands it was trained on, in its order.
+    model_bands, model_sar = bands, sar_bands
     if model_obj is not None:
-        _check_bands(model_obj, bands, sar_bands, "the resumed model" if state else "init")
-    use_sar = sar_bands is not None and (model_obj is None or model_obj.config.n_sar_bands > 0)
+        model_bands, model_sar = task.check_model(model_obj, bands, sar_bands,
+                                                  "the resumed model" if state else "init")
+    use_sar = sar_bands is not None and model_sar is not None
     sar_name = sar if use_sar else None
     keep = [optical] + ([mask] if mask is not None else []) + ([sar_name] if use_sar else [])
     selected = []
     for ds in cubes:
         ds = ds[keep]
-        if model_obj is not None and model_obj.optical_bands is not None:
-            ds = ds.sel(band=model_obj.optical_bands)
-        if use_sar and model_obj is not None and model_obj.sar_bands is not None:
-            ds = ds.sel(sar_band=model_obj.sar_bands)
+        if model_bands != bands:
+            ds = ds.sel(band=model_bands)
+        if use_sar and model_sar != sar_bands:
+            ds = ds.sel(sar_band=model_sar)
         selected.append(ds)
 
     block = _block_size(selected, optical, cfg.block)
-    stream_kw = dict(optical=optical, sar=sar_name, mask=mask, window=cfg.window, min_obs=cfg.min_obs,
-                     block=block, gaps=cfg.gaps)
-    grid = PixelStream(selected, **stream_kw)
+    stream_kw = dict(optical=optical, sar=sar_name, mask=mask, block=block)
+    grid = task.stream(selected, cfg, **stream_kw)
     if state is not None:  # the saved hold-out, whatever the seed would pick now
         val_blocks = np.asarray(state["validation_blocks"], dtype=np.int64).reshape(-1, 3)
         is_val = {tuple(v) for v in val_blocks.tolist()}
@@ -559,8 +505,9 @@ def _prepare_data(cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: Xrec
     return _Data(selected, bands, sar_bands if use_sar else None, stream_kw, block, grid, train_blocks, val_blocks)
 
 
-def _model_to_train(model_obj: XreconModel | None, model: str | Any, architecture: Mapping[str, Any], data: _Data,
-                    state: Mapping[str, Any] | None, init: Any) -> tuple[XreconModel, Any]:
+def _model_to_train(task: TrainingTask, model_obj: XreconModel | None, model: str | Any,
+                    architecture: Mapping[str, Any], data: _Data, state: Mapping[str, Any] | None, init: Any,
+                    ) -> tuple[XreconModel, Any]:
     """(the model, where its weights came from): a new one unless resuming or fine-tuning.
 
     Draws the initial weights from the global random state: call it right after seeding.
@@ -569,12 +516,7 @@ def _model_to_train(model_obj: XreconModel | None, model: str | Any, architectur
         return model_obj, (state or {}).get("init") if state else _describe_init(init, model_obj)
     optical, sar, mask = (data.stream_kw[k] for k in ("optical", "sar", "mask"))
     stats = _training_stats(data.cubes, data.grid, data.train_blocks, optical, sar, mask)
-    n_sar = len(data.sar_bands) if data.sar_bands is not None else 0
-    model_obj = _new_model(model, architecture, len(data.bands), n_sar)
-    model_obj.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
-    model_obj.optical_bands = data.bands
-    model_obj.sar_bands = data.sar_bands
-    return model_obj, None
+    return task.new_model(model, architecture, data.bands, data.sar_bands, stats), None
 
 
 class _Run:
@@ -584,24 +526,26 @@ class _Run:
     state are set up in the order a fresh and a resumed run share.
     """
 
-    def __init__(self, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None, init_source: Any,
-                 paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype, t_start: float) -> None:
-        self.cfg, self.net, self.data, self.init_source = cfg, net, data, init_source
+    def __init__(self, task: TrainingTask, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None,
+                 init_source: Any, paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype,
+                 t_start: float) -> None:
+        self.task, self.cfg, self.net, self.data, self.init_source = task, cfg, net, data, init_source
         self.dev, self.amp, self.t_start = dev, amp, t_start
         self.best_path, self.last_path, log_path = paths
-        self.norm = net.normalization  # buffers, fixed during training: read once (numpy)
-        self.stream = PixelStream(data.cubes, **data.stream_kw, seed=cfg.seed, batch_size=cfg.batch_size,
+        self.norm = net.normalization  # buffers, fixed during training: read once (numpy), for the provenance
+        task.setup(net)
+        self.stream = task.stream(data.cubes, cfg, **data.stream_kw, seed=cfg.seed, batch_size=cfg.batch_size,
                                   buffer_size=cfg.buffer_size, blocks=data.train_blocks)
-        self.val_batches = _validation_batches(data.cubes, data.stream_kw, data.val_blocks, cfg)
+        self.val_batches = _validation_batches(task, data.cubes, data.stream_kw, data.val_blocks, cfg)
         self.optimizer = torch.optim.AdamW(_decay_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
         self.scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
         self.p = _Progress()
         if state is not None:
             self._restore(state)
-        self.log = _Log(log_path, self.p.step if state is not None else None)
+        self.log = _Log(log_path, self.p.step if state is not None else None, log_columns(task.terms))
         # Training time excludes validation, and adds up over resumed sessions.
         self.val_seconds, self.session_start, self.session_base = 0.0, time.perf_counter(), self.p.train_seconds
-        self.sums = torch.zeros(4, device=dev)  # total, imputation, reconstruction, tv since the last log row
+        self.sums = torch.zeros(1 + len(task.terms), device=dev)  # loss and its parts since the last log row
         self.n_sum = 0
 
     def _restore(self, state: Mapping[str, Any]) -> None:
@@ -617,7 +561,7 @@ class _Run:
         p, data = self.p, self.data
         return {
             "steps": p.step, "seed": self.cfg.seed, "config": self.cfg.to_dict(),
-            "architecture": dataclasses.asdict(self.net.config),
+            "architecture": self.task.architecture(self.net),
             "best_step": p.best_step, "best_val_loss": p.best, "val_loss": p.last_val[0], "val_rmse": p.last_val[1],
             "pixels": p.pixels, "train_seconds": p.train_seconds, "device": str(self.dev), "precision": str(self.amp),
             "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": self.init_source,
@@ -646,7 +590,13 @@ class _Run:
     def validate(self) -> None:
         """Score the validation set, and save the best model when it improves."""
         p, t0 = self.p, time.perf_counter()
-        p.last_val = _validate(self.net, self.val_batches, self.cfg, self.amp, self.dev)
+        self.net.eval()
+        try:
+            with torch.no_grad(), autocast(self.dev, self.amp):
+                batches = (_to(batch, self.dev) for batch in self.val_batches)
+                p.last_val = self.task.validate(self.net, batches, self.cfg)
+        finally:
+            self.net.train()
         self.val_seconds += time.perf_counter() - t0
         self.clock()
         if p.last_val[0] < p.best or p.best_step is None:
@@ -665,13 +615,11 @@ class _Run:
         cfg = self.cfg
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        b = standardize_batch(_to(batch, self.dev), self.norm)
-        pred, dense = _forward(self.net, b, cfg, self.amp, self.dev)
-        terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
-                                    reconstruction_weight=cfg.reconstruction_weight, dense=dense,
-                                    tv_weight=cfg.tv_weight)
+        # Autocast covers the task's forward pass and loss, as torch recommends; the task returns float32.
+        with autocast(self.dev, self.amp):
+            loss, terms = self.task.loss(self.net, _to(batch, self.dev), cfg)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms.total).backward()
+        self.scaler.scale(loss).backward()
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
@@ -680,7 +628,7 @@ class _Run:
         self.stream.mark_consumed(batch)
         self.p.step += 1
         self.p.pixels += int(batch["optical"].shape[0])
-        self.sums += torch.stack([t.detach().float() for t in terms])  # no sync with the GPU here
+        self.sums += torch.stack([t.detach().float() for t in (loss, *terms)])  # no sync with the GPU here
         self.n_sum += 1
 
     def log_row(self, epoch: int, lr: float, validated: bool) -> dict[str, Any]:
@@ -690,9 +638,9 @@ class _Run:
         if validated:
             self.validate()
         mean = (self.sums / self.n_sum).tolist()
-        row = {"step": p.step, "epoch": epoch, "lr": lr, "loss": mean[0], "imputation": mean[1],
-               "reconstruction": mean[2], "tv": mean[3], "pixels": p.pixels,
-               "seconds": time.perf_counter() - self.t_start}
+        row = {"step": p.step, "epoch": epoch, "lr": lr, "loss": mean[0]}
+        row.update(zip(self.task.terms, mean[1:], strict=True))
+        row.update(pixels=p.pixels, seconds=time.perf_counter() - self.t_start)
         if validated:
             row.update(val_loss=p.last_val[0], val_rmse=p.last_val[1])
         self.log.write(row)
@@ -742,7 +690,7 @@ def train(
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
     **options: Any,
 ) -> Path:
-    """Train AnytimeFormer on cubes, self-supervised: hide clear observations and learn to restore them.
+    """Train a network on cubes, self-supervised: hide clear observations and learn to restore them.
 
     Parameters
     ----------
@@ -752,10 +700,12 @@ def train(
     out : path
         The best checkpoint; the last (resumable) one and a CSV log go beside it (:func:`training_files`).
     method : str
-        The network: ``"anytimeformer"``.
+        The network, one of :func:`xrecon.methods.trainable_methods` (``"anytimeformer"``); its
+        training task (:mod:`xrecon.training.tasks`) says what the options below mean for it.
     model : str or AnytimeFormerConfig
-        The architecture: a preset of :data:`xrecon.models.anytimeformer.PRESETS` ("official", "small",
-        ...) or a config; the numbers of bands always come from the cube. Ignored with ``init``.
+        The architecture: for AnytimeFormer a preset of :data:`xrecon.models.anytimeformer.PRESETS`
+        ("official", "small", ...) or a config; the numbers of bands always come from the cube.
+        Ignored with ``init``.
     config : TrainConfig, optional
         Training settings; the keyword arguments below override it.
     steps, batch_size, seed, validation_fraction
@@ -776,11 +726,12 @@ def train(
     progress : bool
         Show a tqdm bar with the losses.
     callback : callable, optional
-        Called with each log row (a dict of :data:`LOG_COLUMNS`); returning True stops training
-        after saving the last checkpoint (early stopping; ``resume=True`` continues).
+        Called with each log row (a dict of the log's columns, :func:`log_columns`); returning True
+        stops training after saving the last checkpoint (early stopping; ``resume=True`` continues).
     **options
-        Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``...) and architecture
-        fields of ``AnytimeFormerConfig`` (``d_model=``, ``dropout=``...).
+        Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``...) and the method's
+        architecture options (its task's ``options()``; for AnytimeFormer the fields of
+        ``AnytimeFormerConfig``: ``d_model=``, ``dropout=``...).
 
     Returns
     -------
@@ -789,6 +740,8 @@ def train(
 
     Raises
     ------
+    MethodError
+        For a method that cannot be trained (the message names those that can) or unknown options.
     CheckpointError
         When ``init`` does not fit the cube's bands, or the last checkpoint cannot be resumed.
     OutputExistsError
@@ -805,18 +758,19 @@ def train(
     """
     t_start = time.perf_counter()
     shortcuts = dict(steps=steps, batch_size=batch_size, seed=seed, validation_fraction=validation_fraction)
-    cubes, cfg, explicit, architecture = _resolve_options(method, cubes, config, options, shortcuts)
+    task = _task(method)
+    cubes, cfg, explicit, architecture = _resolve_options(task, cubes, config, options, shortcuts)
     paths = training_files(out)
-    cfg, model_obj, state = _starting_point(paths, cfg, explicit, architecture, method, init, resume, overwrite)
-    data = _prepare_data(cubes, cfg, model_obj, state, optical, sar, mask)
+    cfg, model_obj, state = _starting_point(paths, cfg, explicit, architecture, task, init, resume, overwrite)
+    data = _prepare_data(task, cubes, cfg, model_obj, state, optical, sar, mask)
     dev = resolve_device(device)
-    amp = _amp_dtype(cfg.precision, dev)
+    amp = _precision(cfg.precision, dev)
     rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         # Our own seeded random state for the weights and dropout; the caller's is restored afterwards.
         torch.manual_seed(cfg.seed)
-        model_obj, init_source = _model_to_train(model_obj, model, architecture, data, state, init)
-        run = _Run(cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start)
+        model_obj, init_source = _model_to_train(task, model_obj, model, architecture, data, state, init)
+        run = _Run(task, cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start)
         if state is None:
             run.begin()
 
@@ -827,8 +781,8 @@ def train(
             fresh, got = not run.stream.state_dict()["consumed"], False
             # The loader's own generator: creating an iterator would otherwise draw from the global
             # random state that dropout uses, and a resumed run creates one more iterator.
-            loader = pixel_loader(run.stream, num_workers=cfg.num_workers,
-                                  generator=torch.Generator().manual_seed(cfg.seed))
+            loader = task.loader(run.stream, num_workers=cfg.num_workers,
+                                 generator=torch.Generator().manual_seed(cfg.seed))
             for batch in loader:
                 if p.step >= cfg.steps:
                     break
@@ -844,7 +798,7 @@ def train(
                 if stop or p.step >= cfg.steps:
                     break
             if not got and fresh:
-                raise CubeError(f"no pixel-year of the training blocks has {cfg.min_obs} clear observations "
+                raise CubeError(f"no {task.sample} of the training blocks has {cfg.min_obs} clear observations "
                                 "(min_obs); nothing to train on")
             if not stop and p.step < cfg.steps:
                 epoch += 1
@@ -861,12 +815,12 @@ def _describe_init(init: Any, model: XreconModel) -> dict[str, Any]:
     return {k: v for k, v in model.metadata.items() if isinstance(v, str | int | float)} or {"model": "in memory"}
 
 
-def _validation_batches(cubes: Sequence[xr.Dataset], stream_kw: Mapping[str, Any], blocks: np.ndarray,
-                        cfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
+def _validation_batches(task: TrainingTask, cubes: Sequence[xr.Dataset], stream_kw: Mapping[str, Any],
+                        blocks: np.ndarray, cfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
     """A fixed, seeded set of validation batches (gaps included), read once and kept in memory."""
     if len(blocks) == 0:
         return []
-    stream = PixelStream(cubes, **stream_kw, seed=cfg.seed * 1000 + _VALIDATION_STREAM,
+    stream = task.stream(cubes, cfg, **stream_kw, seed=cfg.seed * 1000 + _VALIDATION_STREAM,
                          batch_size=cfg.batch_size, buffer_size=min(cfg.buffer_size, cfg.validation_pixels),
                          blocks=blocks)
     batches, n = [], 0

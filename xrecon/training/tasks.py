@@ -1,0 +1,321 @@
+"""Training tasks: the model-specific half of :func:`xrecon.training.train`.
+
+The trainer (:mod:`xrecon.training.trainer`) is generic: data preparation and the spatial hold-out,
+normalization statistics, AdamW and its schedule, the loop, mixed precision, checkpoints, resuming,
+logging. What depends on the network is the method's **training task**: a :class:`TrainingTask`
+subclass that the method names when it is registered (``register(..., training="module:Class")``)
+and that ``xrecon.methods.get(name).training_task()`` returns. :class:`AnytimeFormerTask` is
+AnytimeFormer's.
+
+Examples
+--------
+>>> import xrecon.methods
+>>> task = xrecon.methods.get("anytimeformer").training_task()()
+>>> task.name, task.terms
+('anytimeformer', ('imputation', 'reconstruction', 'tv'))
+>>> "d_model" in task.options()
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch.utils.data import DataLoader
+
+from xrecon.errors import CheckpointError, MethodError
+from xrecon.models.base import XreconModel
+from xrecon.training.losses import reconstruction_loss, take_days
+from xrecon.training.stats import NormStats, standardize_batch
+from xrecon.training.stream import BlockStream, PixelStream, pixel_loader
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from xrecon.training.trainer import TrainConfig
+
+__all__ = ["AnytimeFormerTask", "TrainingTask"]
+
+
+class TrainingTask:
+    """What a method provides to be trainable by :func:`xrecon.training.train`.
+
+    A method is trainable when its registration names a subclass of this class
+    (``training="module:Class"``). The trainer makes one instance per run and calls it in this order:
+
+    1. :meth:`options`: the architecture options ``train(**options)`` takes besides the
+       :class:`~xrecon.training.TrainConfig` fields.
+    2. :meth:`load_init` for ``init=`` and for resuming, then :meth:`architecture` (to refuse
+       architecture options that differ from the loaded model's) and :meth:`check_model` (its bands
+       against the cube's).
+    3. :meth:`stream`: the stream of training batches (also the block grid and the validation set).
+    4. :meth:`new_model` when training from scratch, inside the run's seeded random state.
+    5. :meth:`setup` once the model is on its device, then :meth:`loss` at every step and
+       :meth:`validate` at every validation.
+
+    :meth:`loss` and :meth:`validate` run under the trainer's autocast (``TrainConfig.precision``,
+    see :func:`xrecon.runtime.autocast`), :meth:`validate` also under ``torch.no_grad()`` with the
+    model in eval mode; their batches are already on the model's device. A task needs no device or
+    precision of its own: a part that must run in float32 can leave autocast locally
+    (``torch.autocast(device_type, enabled=False)``).
+
+    Subclasses implement :meth:`options`, :meth:`new_model`, :meth:`stream`, :meth:`loss` and
+    :meth:`validate`; the others have defaults for xrecon's networks (an :class:`XreconModel` with
+    ``config.n_optical_bands`` and ``config.n_sar_bands``). The model must also have a
+    ``normalization`` mapping of arrays (its statistics, recorded in the checkpoint's provenance).
+
+    Attributes
+    ----------
+    name : str
+        The method's name, which is also the registered name of its model class (checked on ``init=``).
+    terms : tuple of str
+        Names of the loss's parts that :meth:`loss` returns, in order: the log's columns after ``loss``.
+    sample : str
+        What one training sample is, for messages (e.g. ``"pixel-year"``).
+    """
+
+    name: ClassVar[str] = ""
+    terms: ClassVar[tuple[str, ...]] = ()
+    sample: ClassVar[str] = "sample"
+
+    # -- the model -------------------------------------------------------------------------------
+    def options(self) -> frozenset[str]:
+        """Names of the architecture options ``train(**options)`` accepts (passed to :meth:`new_model`)."""
+        raise NotImplementedError
+
+    def new_model(self, model: Any, architecture: Mapping[str, Any], bands: Sequence[str],
+                  sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
+        """A new, randomly initialised model for the cube's bands, normalized with ``stats``.
+
+        Parameters
+        ----------
+        model : Any
+            ``train``'s ``model=`` (a preset name or a config, as the method defines).
+        architecture : mapping
+            The architecture options given (names from :meth:`options`); they override ``model``.
+        bands, sar_bands : sequence of str
+            The cube's optical and SAR bands; ``sar_bands`` None for a model without SAR.
+        stats : NormStats
+            Normalization statistics of the training blocks.
+
+        Draws its initial weights from torch's global random state, which the trainer has seeded.
+        """
+        raise NotImplementedError
+
+    def load_init(self, init: Any) -> XreconModel:
+        """The model to start from: a checkpoint path or an :class:`XreconModel` (copied), on the CPU.
+
+        Raises
+        ------
+        CheckpointError
+            For anything else, or a model of another method.
+        """
+        from xrecon.models import load
+
+        if isinstance(init, XreconModel):
+            model = copy.deepcopy(init).cpu()  # never train the caller's object in place
+        elif isinstance(init, str | os.PathLike):
+            model = load(init, device="cpu")
+        else:
+            raise CheckpointError(f"init must be a checkpoint path or an xrecon model, got {type(init).__name__}")
+        if model.name != self.name:
+            raise CheckpointError(f"init holds a {model.name!r} model, not {self.name!r}")
+        return model
+
+    def architecture(self, model: XreconModel) -> dict[str, Any]:
+        """The model's architecture as plain values (compared with the options; in the provenance)."""
+        return dataclasses.asdict(model.config)
+
+    def check_model(self, model: XreconModel, bands: Sequence[str], sar_bands: Sequence[str] | None,
+                    what: str) -> tuple[list[str], list[str] | None]:
+        """Check a loaded model against the cube's bands; the cube's bands in the order the model takes them.
+
+        Bands match by name (by count for a model without band names), as ``fill`` matches them
+        (:func:`xrecon.neural.match_bands`).
+
+        Parameters
+        ----------
+        model : XreconModel
+        bands, sar_bands : sequence of str
+            The cube's optical and SAR bands (``sar_bands`` None: the cube has no SAR).
+        what : str
+            The model in messages: ``"init"`` or ``"the resumed model"``.
+
+        Returns
+        -------
+        (list of str, list of str or None)
+            The optical and the SAR bands to select from the cube; SAR None when the model takes none.
+
+        Raises
+        ------
+        CheckpointError
+            When the cube lacks bands the model takes, or has others.
+        """
+        config = model.config
+        optical = _fit(bands, model.optical_bands, config.n_optical_bands, "optical", what)
+        n_sar = getattr(config, "n_sar_bands", 0)
+        sar = _fit(sar_bands, model.sar_bands, n_sar, "SAR", what) if n_sar else None
+        return optical, sar
+
+    # -- the data --------------------------------------------------------------------------------
+    def stream(self, cubes: Sequence[xr.Dataset], cfg: TrainConfig, **kwargs: Any) -> BlockStream:
+        """The stream of training batches over ``cubes``.
+
+        ``kwargs`` are :class:`~xrecon.training.stream.BlockStream` arguments: always ``optical``,
+        ``sar``, ``mask`` and ``block``; for the training and validation streams also ``seed``,
+        ``batch_size``, ``buffer_size`` and ``blocks``. The stream must yield ready batches (dicts of
+        tensors whose ``"optical"`` has one row per sample) of ``batch_size`` samples at most.
+        """
+        raise NotImplementedError
+
+    def loader(self, stream: BlockStream, *, num_workers: int, generator: torch.Generator) -> DataLoader:
+        """A DataLoader over one epoch of the training stream's batches (made anew every epoch)."""
+        return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator)
+
+    # -- the steps -------------------------------------------------------------------------------
+    def setup(self, model: XreconModel) -> None:
+        """Called once per run with the model on its training device, before the first loss: keep
+        what stays fixed during training (the default keeps nothing)."""
+
+    def loss(self, model: XreconModel, batch: Mapping[str, torch.Tensor], cfg: TrainConfig,
+             ) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        """(loss to back-propagate, its parts named by :attr:`terms`) for a batch on the model's device."""
+        raise NotImplementedError
+
+    def validate(self, model: XreconModel, batches: Iterable[Mapping[str, torch.Tensor]], cfg: TrainConfig,
+                 ) -> tuple[float, float]:
+        """(validation loss, RMSE in reflectance) on the validation batches; the best model has the lowest loss.
+
+        NaN for both when the batches hold nothing to score.
+        """
+        raise NotImplementedError
+
+
+def _fit(cube_bands: Sequence[str] | None, model_bands: Sequence[str] | None, n: int, kind: str,
+         what: str) -> list[str]:
+    """The cube's bands in the model's order, with the training context added to ``match_bands``' errors."""
+    from xrecon.neural import match_bands
+
+    if not cube_bands:
+        raise CheckpointError(f"{what} takes {n} {kind} band(s) {model_bands or ''} but the cube has none")
+    try:
+        index = match_bands(cube_bands, model_bands, n, kind)
+    except CheckpointError as err:
+        # match_bands says what is missing or extra (and how to select); add what training can do instead.
+        raise CheckpointError(f"{what} does not fit the cube: {err}; or train from scratch without init=") from None
+    return [str(cube_bands[i]) for i in index]
+
+
+class AnytimeFormerTask(TrainingTask):
+    """Training AnytimeFormer (Tang et al. 2025): pixel-years, hidden and kept observations, anytime TV.
+
+    - **Architecture**: ``model=`` is a preset of :data:`xrecon.models.anytimeformer.PRESETS` or an
+      :class:`~xrecon.models.anytimeformer.AnytimeFormerConfig`; its fields other than the numbers
+      of bands are the architecture options. The numbers of bands come from the cube.
+    - **Samples**: a :class:`~xrecon.training.stream.PixelStream` of one pixel's calendar year
+      (``TrainConfig.window``; days of year, as ``fill`` runs the model), batches sharing their dates,
+      gaps simulated by ``TrainConfig.gaps``, pixel-years with fewer than ``min_obs`` clear dates skipped.
+    - **Loss**: :func:`~xrecon.training.losses.reconstruction_loss` on standardized values: the error
+      on the hidden observations, plus ``reconstruction_weight`` times that on the kept ones, plus
+      with ``anytime`` ``tv_weight`` times the total variation of a prediction for days 1..366.
+    - **Validation**: the imputation error (``TrainConfig.loss``, standardized units) on the hidden
+      observations, and their RMSE in reflectance.
+
+    Examples
+    --------
+    >>> task = AnytimeFormerTask()
+    >>> sorted(task.options())[:3]
+    ['d_inner', 'd_k', 'd_model']
+    """
+
+    name = "anytimeformer"
+    terms = ("imputation", "reconstruction", "tv")
+    sample = "pixel-year"
+
+    def __init__(self) -> None:
+        self._norm: dict[str, Any] | None = None
+
+    def options(self) -> frozenset[str]:
+        from xrecon.models.anytimeformer import AnytimeFormerConfig
+
+        return frozenset(f.name for f in dataclasses.fields(AnytimeFormerConfig)) - {"n_optical_bands", "n_sar_bands"}
+
+    def new_model(self, model: Any, architecture: Mapping[str, Any], bands: Sequence[str],
+                  sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
+        from xrecon.models.anytimeformer import PRESETS, AnytimeFormer, AnytimeFormerConfig
+
+        if isinstance(model, str):
+            if model not in PRESETS:
+                raise MethodError(f"model={model!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
+            base = PRESETS[model]
+        elif isinstance(model, AnytimeFormerConfig):
+            base = model
+        else:
+            raise MethodError(f"model must be a preset name or an AnytimeFormerConfig, got {type(model).__name__}")
+        n_sar = len(sar_bands) if sar_bands is not None else 0
+        config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands), n_sar_bands=n_sar)
+        net = AnytimeFormer(config)
+        net.set_normalization(stats.optical_mean, stats.optical_std, stats.sar_mean, stats.sar_std)
+        net.optical_bands = list(bands)
+        net.sar_bands = None if sar_bands is None else list(sar_bands)
+        return net
+
+    def stream(self, cubes: Sequence[xr.Dataset], cfg: TrainConfig, **kwargs: Any) -> PixelStream:
+        return PixelStream(cubes, window=cfg.window, min_obs=cfg.min_obs, gaps=cfg.gaps, **kwargs)
+
+    def loader(self, stream: BlockStream, *, num_workers: int, generator: torch.Generator) -> DataLoader:
+        return pixel_loader(stream, num_workers=num_workers, generator=generator)
+
+    def setup(self, model: XreconModel) -> None:
+        # Buffers fixed during training, read once: reading them per step would copy from the GPU
+        # (and wait for it) at every step.
+        self._norm = model.normalization
+
+    def loss(self, model: XreconModel, batch: Mapping[str, torch.Tensor], cfg: TrainConfig,
+             ) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        b = standardize_batch(batch, self._normalization(model))
+        pred, dense = self._forward(model, b, cfg)
+        terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
+                                    reconstruction_weight=cfg.reconstruction_weight, dense=dense,
+                                    tv_weight=cfg.tv_weight)
+        return terms.total, (terms.imputation, terms.reconstruction, terms.tv)
+
+    def validate(self, model: XreconModel, batches: Iterable[Mapping[str, torch.Tensor]], cfg: TrainConfig,
+                 ) -> tuple[float, float]:
+        norm = self._normalization(model)
+        err_sum, sq_sum, count = 0.0, 0.0, 0
+        std = model.optical_std
+        for batch in batches:
+            b = standardize_batch(batch, norm)
+            pred, _ = self._forward(model, b, cfg)
+            hidden = b["hidden"].unsqueeze(-1).expand_as(pred)
+            d = (pred - b["target"])[hidden]
+            err_sum += float((d.abs() if cfg.loss == "l1" else d**2).sum())
+            sq_sum += float(((d.view(-1, pred.shape[-1]) * std) ** 2).sum())
+            count += int(hidden.sum())
+        if count == 0:
+            return float("nan"), float("nan")
+        return err_sum / count, math.sqrt(sq_sum / count)
+
+    def _normalization(self, model: XreconModel) -> dict[str, Any]:
+        # setup() is the trainer's; read the model's own when the task is used on its own.
+        return self._norm if self._norm is not None else model.normalization
+
+    @staticmethod
+    def _forward(model: Any, b: Mapping[str, torch.Tensor], cfg: TrainConfig,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predictions at the observation days, and on the daily grid for anytime training."""
+        doy = b["doy"][0]  # (T,) shared by the batch
+        use_sar = model.config.n_sar_bands > 0 and b["sar"].shape[1] > 0
+        sar, sar_doy = (b["sar"], b["sar_doy"][0]) if use_sar else (None, None)
+        if cfg.anytime:
+            days = torch.arange(1, 367, device=b["optical"].device, dtype=torch.float32)
+            dense = model(b["optical"], doy, days, sar, sar_doy).float()  # (B, 366, C)
+            return take_days(dense, 1, b["doy"]), dense
+        return model(b["optical"], doy, doy, sar, sar_doy).float(), None  # (B, T, C)
