@@ -1,7 +1,8 @@
 """Throughput of the classical reconstruction methods: pixel series per second, per core.
 
 Part 1 times the numpy kernels alone (``xrecon.methods``) on T = 60 dates x C = 4 bands with about 40 % of
-the dates cloudy; part 2 times ``ds.recon.fill`` on a Zarr cube of the same kind, when the accessor exists.
+the dates cloudy; part 2 times ``ds.recon.fill`` on a Zarr cube of the same kind; part 3 measures what a
+patch method's halo costs (block + halo against the block alone).
 Every number is measured in this one run, on one thread, so ratios between lines are what to compare; the
 absolute numbers depend on the machine and on what else runs on it (report them as such).
 
@@ -28,6 +29,7 @@ from xrecon import methods  # noqa: E402
 
 T, C, CLOUDY = 60, 4, 0.4
 CHUNK = 128  # spatial chunk of the cube in part 2 (pixels a side)
+SLAB = 4096  # pixels per kernel call inside a chunk, as xrecon.kernels does
 GOAL = 100_000  # series/s per core, for linear and whittaker (fixed lam)
 
 # (label, method, options, queries): "t" queries the observation dates (fill's default), "5D" a 5-day
@@ -77,7 +79,7 @@ def best_rate(fn: Callable[[], object], n_series: int, repeat: int) -> tuple[flo
 def kernels(n: int, repeat: int, quick: bool) -> dict[str, tuple[float, float]]:
     values, valid, t = synthetic(n)
     print(f"Part 1: kernels alone, N = {n} pixels, T = {T}, C = {C}, {valid.mean():.0%} clear, 1 thread")
-    rates = {}
+    rates, native_rates = {}, {}
     for label, name, options, queries in CASES:
         if quick and label not in FAST:
             continue
@@ -92,6 +94,16 @@ def kernels(n: int, repeat: int, quick: bool) -> dict[str, tuple[float, float]]:
 
         run()  # warm-up
         rates[label] = best_rate(run, m, repeat)
+        native = methods.get(name).native_function()
+        if native is not None and m == n:  # the same kernel in the cube's layout, on fill's slabs of pixels
+            vn, an = np.ascontiguousarray(values.transpose(1, 2, 0)), np.ascontiguousarray(valid.T)
+
+            def run_native(native=native, options=options, tq=tq, vn=vn, an=an) -> None:
+                for s in range(0, n, SLAB):
+                    native(vn[:, :, s:s + SLAB], an[:, s:s + SLAB], t, tq, **options)
+
+            run_native()
+            native_rates[label] = best_rate(run_native, n, repeat)
     ref = rates["linear"][0]
     print(f"  {'':<26s} {'series/s (cpu)':>15s} {'(wall)':>10s}   ratio to linear (cpu)")
     for label, (cpu, wall) in rates.items():
@@ -99,10 +111,15 @@ def kernels(n: int, repeat: int, quick: bool) -> dict[str, tuple[float, float]]:
         if label in FAST:
             goal = "  goal >= 100,000: " + ("met" if cpu >= GOAL else "NOT met")
         print(f"  {label:<26s} {cpu:>15,.0f} {wall:>10,.0f}   x{cpu / ref:5.2f}{goal}")
-    return rates
+    if native_rates:
+        print(f"  the same kernels in the cube's (T, C, N) layout, on slabs of {SLAB} pixels (what fill calls):")
+        for label, (cpu, wall) in native_rates.items():
+            print(f"  {label + ' (native)':<26s} {cpu:>15,.0f} {wall:>10,.0f}   x{cpu / ref:5.2f}")
+    return rates, native_rates
 
 
-def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float]]) -> None:
+def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float]],
+                 native_rates: dict[str, tuple[float, float]]) -> None:
     """Part 2: the same reconstruction through ``ds.recon.fill`` on a Zarr cube (needs the accessor)."""
     try:
         import xarray as xr
@@ -140,7 +157,8 @@ def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float
         print(f"Part 2: ds.recon.fill on a cube of {side} x {side} px in {CHUNK} x {CHUNK} chunks, "
               "synchronous scheduler")
         print(f"  reading the Zarr cube alone: {read_cpu:,.0f} series/s (cpu)")
-        print(f"  {'':<26s} {'source':<14s} {'series/s (cpu)':>15s} {'(wall)':>10s}   fraction of the kernel (cpu)")
+        print(f"  {'':<26s} {'source':<14s} {'series/s (cpu)':>15s} {'(wall)':>10s}   fraction of the kernel (cpu):"
+              " (N, T, C) / native layout")
         for label, name, options, queries in CASES:
             if label not in kernel_rates or isinstance(options.get("lam"), str):
                 continue
@@ -154,7 +172,49 @@ def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float
                 run()
                 cpu, wall = best_rate(run, side * side, repeat)
                 frac = cpu / kernel_rates[label][0]
-                print(f"  {label:<26s} {source:<14s} {cpu:>15,.0f} {wall:>10,.0f}   {frac:5.2f}")
+                native = f" / {cpu / native_rates[label][0]:4.2f}" if label in native_rates else ""
+                print(f"  {label:<26s} {source:<14s} {cpu:>15,.0f} {wall:>10,.0f}   {frac:5.2f}{native}")
+
+
+def _patch_linear(values, valid, t, tq, *, edges="hold", offset):
+    """Linear interpolation as a patch kernel: the same work per pixel whatever the halo."""
+    n_t, n_c, ny, nx = values.shape
+    series = np.ascontiguousarray(values.transpose(2, 3, 0, 1)).reshape(-1, n_t, n_c)
+    ok = np.ascontiguousarray(valid.transpose(1, 2, 0)).reshape(-1, n_t)
+    out = methods.fill_linear(series, ok, t, tq, edges=edges)
+    return out.reshape(ny, nx, len(tq), n_c).transpose(2, 3, 0, 1)
+
+
+def halo_overhead(n: int, repeat: int, halos: tuple[int, ...] = (0, 2, 8)) -> None:
+    """Part 3: a patch method's cost with a halo against the same method without one (block alone)."""
+    import dask
+    import xarray as xr
+
+    side = int(np.sqrt(n))
+    values, valid, t = synthetic(side * side)
+    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
+    ds = xr.Dataset(
+        {"optical": (("time", "band", "y", "x"), values.reshape(side, side, T, C).transpose(2, 3, 0, 1))},
+        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(side), "x": np.arange(side)},
+    ).chunk({"y": CHUNK, "x": CHUNK})
+    print(f"Part 3: a patch method (linear on each window) through fill, {side} x {side} px in {CHUNK} x {CHUNK} "
+          "chunks, dask in memory, synchronous scheduler")
+    print(f"  {'halo':>6s} {'series/s (cpu)':>15s}   cost relative to halo 0 (window area ratio)")
+    base = None
+    for h in halos:
+        name = f"bench-patch-halo{h}"
+        methods.register(name, _patch_linear, footprint="patch", halo=h, replace=True)
+
+        def run(name=name) -> None:
+            with dask.config.set(scheduler="synchronous"):
+                ds.recon.fill(None, method=name).compute()
+
+        run()
+        cpu, _ = best_rate(run, side * side, repeat)
+        base = base or cpu
+        area = ((CHUNK + 2 * h) / CHUNK) ** 2
+        print(f"  {h:>6d} {cpu:>15,.0f}   x{base / cpu:5.2f} ({area:.2f})")
+        methods.unregister(name)
 
 
 def main() -> None:
@@ -167,8 +227,9 @@ def main() -> None:
     globals()["CHUNK"] = args.chunk
     # zarr's notes about v3 string dtypes and consolidated metadata are not what this script measures
     warnings.filterwarnings("ignore", module="zarr")
-    rates = kernels(args.pixels, args.repeat, args.quick)
-    through_fill(args.pixels, args.repeat, rates)
+    rates, native_rates = kernels(args.pixels, args.repeat, args.quick)
+    through_fill(args.pixels, args.repeat, rates, native_rates)
+    halo_overhead(args.pixels, args.repeat)
 
 
 if __name__ == "__main__":

@@ -498,3 +498,17 @@ def test_bitwise_independent_of_how_pixels_are_batched(method):
         for size in (1, 2, 5):
             parts = [kernel(values[i:i + size], valid[i:i + size], t, tq) for i in range(0, n, size)]
             np.testing.assert_array_equal(np.concatenate(parts), whole, err_msg=f"seed {seed}, size {size}")
+
+
+@pytest.mark.parametrize("name,options", [("linear", {}), ("whittaker", {}), ("whittaker", {"order": 3, "lam": 40.0}),
+                                          ("whittaker", {"lam": "gcv"}), ("linear", {"edges": "nan"})])
+def test_native_layout_equals_pixel_layout(name, options):
+    """fill calls the (T, C, N) version of the kernel: it must give the (N, T, C) kernel's numbers bit for bit."""
+    values, valid, t = make_data(n=37, nt=25, nc=3, seed=3)
+    valid[5] = False  # an empty pixel
+    tq = np.concatenate([t[::2], [t[0] - 30.0, t[-1] + 12.5, 0.5 * (t[3] + t[4])]])
+    native = get(name).native_function()
+    got = native(np.ascontiguousarray(values.transpose(1, 2, 0)), np.ascontiguousarray(valid.T), t, tq, **options)
+    assert got.shape == (tq.size, 3, 37) and got.dtype == np.float32
+    expected = get_method(name)(values, valid, t, tq, **options)
+    np.testing.assert_array_equal(got.transpose(2, 0, 1), expected)

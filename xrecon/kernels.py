@@ -25,7 +25,7 @@ __all__ = ["FillSpec", "fill_patch", "fill_pixels", "gap_days"]
 
 # Pixels per kernel call inside a chunk: large enough to vectorize well, small enough that the kernels'
 # temporaries stay a few tens of MB whatever the chunk size.
-_SLAB_PIXELS = 2048
+_SLAB_PIXELS = 4096
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,21 @@ def _copy_spectra(dst: np.ndarray, src: np.ndarray, where: np.ndarray) -> None:
         np.copyto(dst, src, where=where[..., None], casting="unsafe")
 
 
+def _blend(dst: np.ndarray, src: np.ndarray, where: np.ndarray) -> None:
+    """dst[k, :, n] = src[k, :, n] where where[k, n]: (K, C, n) float32 arrays and a (K, n) mask.
+
+    As bit operations on the floats' 32-bit patterns (select = dst ^ ((dst ^ src) & mask)), about 3x faster
+    than ``np.copyto(dst, src, where=where[:, None])``, whose masked loop is slow with a broadcast mask.
+    """
+    if src.dtype != np.float32 or dst.dtype != np.float32:
+        np.copyto(dst, src, where=where[:, None], casting="unsafe")
+        return
+    mask = where.astype(np.uint32) * np.uint32(0xFFFFFFFF)
+    bits = np.bitwise_xor(src.view(np.uint32), dst.view(np.uint32))
+    np.bitwise_and(bits, mask[:, None, :], out=bits)
+    np.bitwise_xor(dst.view(np.uint32), bits, out=dst.view(np.uint32))
+
+
 def _as_slice(index: np.ndarray) -> slice | None:
     """A slice equal to an increasing run of consecutive indices, else None."""
     if index.size and index[-1] - index[0] + 1 == index.size and (np.diff(index) == 1).all():
@@ -211,6 +226,9 @@ def fill_pixels(optical: np.ndarray, *rest: np.ndarray, spec: FillSpec) -> np.nd
     rest = list(rest)
     mask = rest.pop(0).reshape(n_time, n_pix) if spec.has_mask else None
     sar = rest.pop(0) if spec.plan.use_sar else None
+    native = spec.method.native_function()
+    if native is not None and sar is None:
+        return _fill_native(native, optical.reshape(n_time, n_band, n_pix), mask, spec).reshape(n_query, -1, ny, nx)
     flat = optical.reshape(n_time * n_band, n_pix)
     sar_flat = None if sar is None else sar.reshape(-1, n_pix)
     n_out = len(spec.method.outputs)
@@ -243,6 +261,37 @@ def fill_pixels(optical: np.ndarray, *rest: np.ndarray, spec: FillSpec) -> np.nd
         if spec.gap_days:
             packed[:, n_band * n_out + 1, rows] = gap_days(valid.T, spec.days, spec.query_days)
     return packed.reshape(n_query, -1, ny, nx)
+
+
+def _fill_native(native: Any, values: np.ndarray, mask: np.ndarray | None, spec: FillSpec) -> np.ndarray:
+    """:func:`fill_pixels` for a kernel written for the cube's layout: (T, C, N) in, (Tq, K, N) out, with
+    no transposing copies at all."""
+    n_time, n_band, n_pix = values.shape
+    n_query = len(spec.query_times)
+    valid = _all_bands_finite(values, axis=1)  # (T, N)
+    if mask is not None:
+        valid &= mask.astype(bool)
+    t, tq, kwargs = spec.days, spec.query_days, spec.plan.kwargs_dict
+    packed = np.empty((n_query, n_band + 1 + int(spec.gap_days), n_pix), dtype=np.float32)
+    packed[:, n_band] = 0.0  # observed
+    q_idx, t_idx = _pass_through_index(spec) if spec.keep_observed else (np.empty(0, int), np.empty(0, int))
+    for start in range(0, n_pix, _SLAB_PIXELS):
+        rows = slice(start, min(start + _SLAB_PIXELS, n_pix))
+        v, a = values[:, :, rows], valid[:, rows]
+        out = packed[:, :n_band, rows]
+        out[...] = native(v, a, t, tq, edges=spec.edges, **kwargs)
+        if q_idx.size:  # pass-through of the clear observations
+            hit = a[t_idx]  # (K, n)
+            packed[q_idx, n_band, rows] = hit
+            q_run, t_run = _as_slice(q_idx), _as_slice(t_idx)
+            if q_run is not None and t_run is not None:  # the common case (query = optical times): in place
+                _blend(out[q_run], v[t_run], hit)
+            else:
+                for q, i in zip(q_idx, t_idx, strict=True):
+                    np.copyto(out[q], v[i], where=a[i][None])
+    if spec.gap_days:
+        packed[:, n_band + 1] = gap_days(valid, t, tq)
+    return packed
 
 
 def fill_patch(

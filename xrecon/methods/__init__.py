@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from xrecon.methods.harmonic import fill_harmonic
-from xrecon.methods.linear import fill_linear
+from xrecon.methods.linear import fill_linear, linear_native
 from xrecon.methods.registry import (
     BuildRequest,
     Method,
@@ -31,7 +31,7 @@ from xrecon.methods.registry import (
     register,
     unregister,
 )
-from xrecon.methods.whittaker import fill_whittaker, select_lambda
+from xrecon.methods.whittaker import fill_whittaker, select_lambda, whittaker_native
 
 __all__ = [
     "BuildRequest",
@@ -51,13 +51,12 @@ __all__ = [
     "unregister",
 ]
 
-_CLASSICAL = {
-    "harmonic": (fill_harmonic, "annual harmonics (order, period, optional trend), least squares per pixel"),
-    "linear": (fill_linear, "linear interpolation between the clear observations around each query"),
-    "whittaker": (fill_whittaker, "Whittaker smoother on irregular dates (fixed lam, or 'gcv' / 'vcurve')"),
-}
-for _name, (_kernel, _summary) in _CLASSICAL.items():
-    register(_name, _kernel, summary=_summary)
+register("harmonic", fill_harmonic,
+         summary="annual harmonics (order, period, optional trend), least squares per pixel")
+register("linear", fill_linear, native=linear_native,
+         summary="linear interpolation between the clear observations around each query")
+register("whittaker", fill_whittaker, native=whittaker_native,
+         summary="Whittaker smoother on irregular dates (fixed lam, or 'gcv' / 'vcurve')")
 
 register(
     "anytimeformer",

@@ -174,6 +174,10 @@ class Method:
         ``"module:attribute"`` of the method's training task; None when it cannot be trained.
     summary : str
         One line for listings and ``--help``.
+    native : callable or "module:attribute" or None
+        Optional, pixel methods only: the same kernel in the cube's layout, ``native(values (T, C, N),
+        valid (T, N), t, tq, *, edges, **kwargs) -> (Tq, C, N)``. ``fill`` then hands it a chunk's series
+        without transposing them (the classical kernels have one).
     """
 
     name: str
@@ -187,6 +191,7 @@ class Method:
     build: Callable | str | None = field(default=None, compare=False)
     training: str | None = None
     summary: str = ""
+    native: Callable | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
@@ -205,6 +210,8 @@ class Method:
             raise MethodError(
                 f"method {self.name!r}: outputs must start with 'optical' and be unique, got {self.outputs}"
             )
+        if self.native is not None and (self.footprint != "pixel" or len(self.outputs) > 1):
+            raise MethodError(f"method {self.name!r}: a native kernel is for pixel methods with one output")
         reserved = {"observed", "gap_days"} & set(self.outputs)
         if reserved:
             raise MethodError(f"method {self.name!r}: outputs {sorted(reserved)} are fill's own; choose other names")
@@ -213,6 +220,10 @@ class Method:
     def kernel_function(self) -> Callable:
         """The kernel, imported if it was given as a string."""
         return _resolve(self.kernel)
+
+    def native_function(self) -> Callable | None:
+        """The kernel in the cube's layout, or None."""
+        return None if self.native is None else _resolve(self.native)
 
     def training_task(self) -> Any:
         """The method's training task (imported on first use), or MethodError when it cannot be trained."""
@@ -295,6 +306,7 @@ def register(
     build: Callable | str | None = None,
     training: str | None = None,
     summary: str = "",
+    native: Callable | str | None = None,
     replace: bool = False,
 ) -> Any:
     """Add a method to the registry, so that ``fill``, ``evaluate`` and the CLI know it by ``name``.
@@ -312,7 +324,7 @@ def register(
     halo : int
         For patch methods: how many pixels of the neighbouring chunks the kernel needs on every side.
         With a halo covering the method's reach the result does not depend on the chunking.
-    outputs, options, needs_checkpoint, sar, build, training, summary
+    outputs, options, needs_checkpoint, sar, build, training, summary, native
         See :class:`Method`.
     replace : bool
         Replace a method registered under the same name instead of raising.
@@ -331,7 +343,7 @@ def register(
         method = Method(
             name=name, kernel=func, footprint=footprint, halo=int(halo), outputs=tuple(outputs),
             options=None if options is None else tuple(options), needs_checkpoint=bool(needs_checkpoint),
-            sar=bool(sar), build=build, training=training, summary=summary,
+            sar=bool(sar), build=build, training=training, summary=summary, native=native,
         )
         with _guard:
             if name in _REGISTRY and not replace and _REGISTRY[name] != method:

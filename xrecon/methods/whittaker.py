@@ -35,9 +35,9 @@ import numpy as np
 
 from xrecon.errors import MethodError
 from xrecon.methods import _common
-from xrecon.methods.linear import fill_linear
+from xrecon.methods.linear import linear_native
 
-__all__ = ["fill_whittaker", "select_lambda", "default_lambda", "CRITERIA"]
+__all__ = ["fill_whittaker", "whittaker_native", "select_lambda", "default_lambda", "CRITERIA"]
 
 CRITERIA = ("gcv", "vcurve")
 
@@ -263,8 +263,9 @@ def _run(
     lam: float | str,
     grid_lam: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth every pixel; return the values at the (clamped) queries (N, Tq, C) and lam (N, C)."""
-    n, nt, nc = values.shape
+    """Smooth every pixel of (T, C, N) values and (T, N) validity (the cube's layout); return the values at
+    the (clamped) queries (Tq, C, N) and lam (N, C)."""
+    nt, nc, n = values.shape
     grid = _grid(t, tq)
     g = grid.times
     gidx = sup.clamp_positions(grid.t_node, grid.q_node)  # (N, Tq): the edges rule
@@ -277,29 +278,29 @@ def _run(
     # the problem has no unique solution, and those pixels are interpolated linearly instead (the lowest
     # degree among those solutions). Meanwhile they get dummy weights so that their block stays solvable.
     if grid.groups is None:
-        n_valid = valid.sum(axis=1)
+        n_valid = valid.sum(axis=0)
     else:
-        n_valid = np.logical_or.reduceat(valid, grid.groups, axis=1).sum(axis=1)
+        n_valid = np.logical_or.reduceat(valid, grid.groups, axis=0).sum(axis=0)
     few = n_valid < order
 
     def per_node(x: np.ndarray) -> np.ndarray:  # (T, ...) per observation -> per observed node
         return x if grid.groups is None else np.add.reduceat(x, grid.groups, axis=0)
 
-    out = np.empty((n, tq.size, nc), dtype=np.float32)
+    out = np.empty((tq.size, nc, n), dtype=np.float32)
     lam_out = np.empty((n, nc))
     block = _BLOCK
     for start in range(0, n, block):
         sl = slice(start, min(start + block, n))
         nb = sl.stop - sl.start
-        vb = valid[sl]
+        vb = valid[:, sl]  # (T, B)
         w = np.zeros((g.size, nb))
-        w[grid.obs_nodes] = per_node(vb.T.astype(np.float64))
+        w[grid.obs_nodes] = per_node(vb.astype(np.float64))
         w[:, few[sl]] = 1.0
         # (T, C, B) float64, C-ordered for the recursions; zeros written over what is not clear (not a
         # product with the weights: NaN * 0 is NaN, and garbage must not leak)
         y = np.empty((nt, nc, nb))
-        np.copyto(y, values[sl].transpose(1, 2, 0))
-        np.copyto(y, 0.0, where=~vb.T[:, None, :])
+        np.copyto(y, values[:, :, sl])
+        np.copyto(y, 0.0, where=~vb[:, None, :])
         if grid.groups is None and not grid.query_only.size:
             rhs = y  # one node per observation date and nothing else (tq within t): no copy
         else:
@@ -314,18 +315,14 @@ def _run(
             low, dinv = _factor(w, lam, pen)
             z = _solve(low, dinv, rhs)
             lam_b = np.full((nb, nc), lam)
-        # Read off at the (clamped) query nodes. When most nodes are read, turning z pixel-major first and
-        # gathering rows of C bands is fastest; when few are (queries between observations), index directly.
-        if g.size <= 1.25 * tq.size:
-            z_rows = np.array(z.reshape(g.size * nc, nb).T, dtype=np.float32, order="C")
-            np.take(z_rows.reshape(nb * g.size, nc), gidx[sl] + (np.arange(nb) * g.size)[:, None], axis=0,
-                    out=out[sl])
-        else:
-            out[sl] = z[gidx[sl], :, np.arange(nb)[:, None]]
+        # Read off at the (clamped) query nodes, band by band: z[node of (query, pixel), c, pixel]
+        at = gidx[sl].T * nb + np.arange(nb)[None, :]  # (Tq, B) positions in a band's (nodes, B) plane
+        for c in range(nc):
+            np.take(z[:, c].astype(np.float32).ravel(), at, out=out[:, c, sl])
         lam_out[sl] = lam_b
 
     if few.any():
-        out[few] = fill_linear(values[few], valid[few], t, tq, edges="hold")
+        out[:, :, few] = linear_native(values[:, :, few], valid[:, few], t, tq, edges="hold")
         lam_out[few] = np.nan
     return out, lam_out
 
@@ -464,12 +461,28 @@ def fill_whittaker(
     lam = _check_lam(lam, order)
     grid_lam = _check_grid(lam_grid, order)
     values, valid, t, tq = _common.check_inputs(values, valid, t, tq)
-    n, nt, nc = values.shape
-    sup = _common.support(valid, t, tq)
+    # One implementation, in the cube's (time, band, pixel) layout: see whittaker_native.
+    return _common.via_native(whittaker_native, values, valid, t, tq, edges=edges, lam=lam, order=order,
+                              lam_grid=grid_lam)
+
+
+def whittaker_native(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.ndarray, *,
+                     edges: str = "hold", lam: float | str | None = None, order: int = 2,
+                     lam_grid: Sequence[float] | None = None) -> np.ndarray:
+    """:func:`fill_whittaker` in the cube's layout: (T, C, N) values and (T, N) validity -> (Tq, C, N) float32.
+
+    What ``fill`` calls, so that a chunk's series need no transposing copies; the arrays are not checked
+    (``fill`` and :func:`fill_whittaker` do that), the options are.
+    """
+    order = _common.check_int("whittaker", "order", order, 1, 3)
+    lam = _check_lam(lam, order)
+    grid_lam = _check_grid(lam_grid, order)
+    nt, nc, n = values.shape
+    sup = _common.support(valid.T, t, tq)
     if n == 0 or tq.size == 0 or nt == 0:
-        return _common.finish(np.zeros((n, tq.size, nc), np.float32), sup, edges)
+        return _common.finish_native(np.zeros((tq.size, nc, n), np.float32), sup, edges)
     out, _ = _run(values, valid, t, tq, sup, order, lam, grid_lam)
-    return _common.finish(out, sup, edges)
+    return _common.finish_native(out, sup, edges)
 
 
 def select_lambda(
@@ -515,6 +528,6 @@ def select_lambda(
     if n == 0 or nt == 0:
         return np.full((n, nc), np.nan)
     sup = _common.support(valid, t, t)
-    _, lam = _run(values, valid, t, t, sup, order, criterion, grid_lam)
+    _, lam = _run(values.transpose(1, 2, 0), valid.T, t, t, sup, order, criterion, grid_lam)
     return lam
 
