@@ -26,9 +26,11 @@ from xrecon.methods.registry import (
     Method,
     Plan,
     checkpoint_methods,
+    classical_methods,
     get,
     list_methods,
     register,
+    trainable_methods,
     unregister,
 )
 from xrecon.methods.whittaker import fill_whittaker, select_lambda, whittaker_native
@@ -68,28 +70,6 @@ register(
     training="xrecon.training.tasks:AnytimeFormerTask",
     summary="AnytimeFormer network (Tang et al. 2025), optical + SAR, any query day; needs checkpoint=",
 )
-
-
-def classical_methods() -> list[str]:
-    """Names of the methods that need no checkpoint (what a network's ``fallback=`` may name).
-
-    Examples
-    --------
-    >>> classical_methods()
-    ['harmonic', 'linear', 'whittaker']
-    """
-    return [name for name in list_methods() if not get(name).needs_checkpoint and get(name).footprint == "pixel"]
-
-
-def trainable_methods() -> list[str]:
-    """Names of the methods ``ds.recon.train`` can train.
-
-    Examples
-    --------
-    >>> trainable_methods()
-    ['anytimeformer']
-    """
-    return [name for name in list_methods() if get(name).training is not None]
 
 
 def get_method(name: str) -> Callable[..., object]:

@@ -61,10 +61,13 @@ __all__ = [
     "BuildRequest",
     "Method",
     "Plan",
+    "checkpoint_methods",
+    "classical_methods",
     "freeze",
     "get",
     "list_methods",
     "register",
+    "trainable_methods",
     "unregister",
 ]
 
@@ -228,8 +231,7 @@ class Method:
     def training_task(self) -> Any:
         """The method's training task (imported on first use), or MethodError when it cannot be trained."""
         if self.training is None:
-            trainable = [n for n in list_methods() if _REGISTRY[n].training is not None]
-            raise MethodError(f"method {self.name!r} cannot be trained; trainable methods are {trainable}")
+            raise MethodError(f"method {self.name!r} cannot be trained; trainable methods are {trainable_methods()}")
         return _resolve(self.training)
 
     def prepare(self, request: BuildRequest) -> Plan:
@@ -375,6 +377,30 @@ def list_methods() -> list[str]:
 def checkpoint_methods() -> list[str]:
     """Names of the methods that run a network from a checkpoint."""
     return [name for name in list_methods() if _REGISTRY[name].needs_checkpoint]
+
+
+def classical_methods() -> list[str]:
+    """Names of the methods that need no checkpoint (what a network's ``fallback=`` may name).
+
+    Examples
+    --------
+    >>> from xrecon.methods import classical_methods
+    >>> classical_methods()
+    ['harmonic', 'linear', 'whittaker']
+    """
+    return [n for n in list_methods() if not _REGISTRY[n].needs_checkpoint and _REGISTRY[n].footprint == "pixel"]
+
+
+def trainable_methods() -> list[str]:
+    """Names of the methods ``ds.recon.train`` can train.
+
+    Examples
+    --------
+    >>> from xrecon.methods import trainable_methods
+    >>> trainable_methods()
+    ['anytimeformer']
+    """
+    return [name for name in list_methods() if _REGISTRY[name].training is not None]
 
 
 def get(name: str) -> Method:
