@@ -32,7 +32,7 @@ from xrecon.errors import CheckpointError, MethodError
 from xrecon.kernels import FillSpec, fill_patch, fill_pixels
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
-from xrecon.times import parse_query_times
+from xrecon.times import parse_query_times, to_ns
 
 __all__ = ["fill", "FillSpec"]
 
@@ -106,9 +106,9 @@ def fill(
     spec = FillSpec(
         method=spec_method,
         plan=plan,
-        times=tuple(cube.times.asi8.tolist()),
-        query_times=tuple(query.asi8.tolist()),
-        sar_times=tuple(cube.sar_times.asi8.tolist()) if use_sar else None,
+        times=to_ns(cube.times),
+        query_times=to_ns(query),
+        sar_times=to_ns(cube.sar_times) if use_sar else None,
         edges=edges,
         keep_observed=bool(keep_observed),
         has_mask=cube.clear is not None,

@@ -9,7 +9,7 @@ import pandas as pd
 
 from xrecon.errors import QueryTimesError
 
-__all__ = ["parse_query_times", "to_days", "day_of_year"]
+__all__ = ["parse_query_times", "to_days", "to_ns", "day_of_year"]
 
 _NS_PER_DAY = 86_400 * 10**9
 
@@ -91,6 +91,23 @@ def parse_query_times(
             f"query_times has duplicates {[str(t) for t in result[result.duplicated()][:5]]}; expected unique times"
         )
     return result
+
+
+def to_ns(times: pd.DatetimeIndex | np.ndarray | None) -> tuple[int, ...] | None:
+    """Datetimes -> int64 nanoseconds since 1970 as a tuple (small, hashable, for a dask graph).
+
+    Not ``DatetimeIndex.asi8``: its unit follows the index's resolution (seconds, microseconds...
+    with pandas 3), so two indexes of the same times may give different integers.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> to_ns(pd.DatetimeIndex(["1970-01-02"]).as_unit("s"))
+    (86400000000000,)
+    """
+    if times is None:
+        return None
+    return tuple(np.asarray(times, dtype="datetime64[ns]").view(np.int64).tolist())
 
 
 def to_days(times: pd.DatetimeIndex | np.ndarray) -> np.ndarray:

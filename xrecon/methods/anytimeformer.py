@@ -25,6 +25,7 @@ import pandas as pd
 
 from xrecon import neural
 from xrecon.methods.registry import BuildRequest, Method, Plan
+from xrecon.times import to_ns
 
 __all__ = ["build", "fill_anytimeformer", "year_windows"]
 
@@ -42,8 +43,8 @@ def build(method: Method, request: BuildRequest) -> Plan:
         {
             "checkpoint": request.checkpoint, "sha256": request.checkpoint_sha256,
             "bands": bands, "sar_bands": sar_bands,
-            "times": cube.times.asi8, "query_times": request.query_times.asi8,
-            "sar_times": cube.sar_times.asi8 if use_sar else None,
+            "times": to_ns(cube.times), "query_times": to_ns(request.query_times),
+            "sar_times": to_ns(cube.sar_times) if use_sar else None,
             "batch_size": request.batch_size, "device": request.device,
             "precision": precision, "fallback": fallback,
         },
