@@ -9,11 +9,11 @@ Examples
 --------
 >>> import xrecon.models
 >>> xrecon.models.list_models()
-['anytimeformer']
+['anytimeformer', 'restore-dit']
 >>> model = xrecon.models.load("model.xrecon")  # doctest: +SKIP
 """
 
-from xrecon.models import anytimeformer, batching, cache
+from xrecon.models import anytimeformer, batching, cache, restore_dit
 from xrecon.models.base import (
     XreconModel,
     get_model,
@@ -39,4 +39,5 @@ __all__ = [
     "model_lock",
     "read_checkpoint",
     "register_model",
+    "restore_dit",
 ]

@@ -1,0 +1,785 @@
+"""RESTORE-DiT: a diffusion transformer over space-time patches of an optical sequence, conditioned on SAR.
+
+After Shu et al., "RESTORE-DiT: Reliable satellite image time series reconstruction by multimodal
+sequential diffusion transformer", Remote Sensing of Environment 328, 114872 (2025), whose public code
+(SQD1/RESTORE-DiT, ``lib/models/SDT.py``, class ``SDT``) this module computes exactly, rewritten for
+xrecon: any number of frames, any tile size that is a multiple of the patch, optional SAR, a padding
+mask for short sequences, one diffusion timestep per sequence of the batch, device taken from the input.
+
+The network (B sequences, T frames, N = H W / p^2 patches per frame, D = hidden size)::
+
+    tokens  = per-frame p x p patch embedding + 2-D sin-cos position (for the actual grid)
+              + sinusoid of the frame's date (T = 10000, no parameters), added to every token of the frame
+    sar     = the same for the SAR frame aligned to each optical frame (its own patch embedding)
+    c       = MLP(sinusoid(diffusion timestep))                 one vector per sequence, (B, D)
+    block   = SAR cross-attention (within the frame, then across frames; no residual in between)
+              -> temporal self-attention -> spatial self-attention -> MLP,
+              each sub-block pre-normed, modulated by c (shift, scale) and gated by c (adaLN-Zero)
+    x0      = final adaLN + linear + unpatchify                 the network predicts the clean sequence
+
+Model units are upstream's: reflectance and backscatter mapped to [-1, 1] by the affine maps of the
+normalization buffers (see :meth:`RestoreDiT.to_model_units`). Frame dates are days since
+``config.date_origin`` (upstream: days since 2018-09-01, its PASTIS reference day).
+
+The sampling loop is :func:`sample`; the samplers themselves live in :mod:`xrecon.diffusion`.
+
+Examples
+--------
+>>> import torch
+>>> from xrecon.models import restore_dit
+>>> model = restore_dit.RestoreDiT(restore_dit.PRESETS["tiny"]).eval()
+>>> x = torch.zeros(1, 3, 4, 8, 12)                 # (B, T, C, H, W), model units
+>>> sar = torch.zeros(1, 3, 2, 8, 12)               # (B, T, S, H, W)
+>>> t, dates = torch.tensor([500]), torch.tensor([[0.0, 10.0, 30.0]])
+>>> model.denoise(x, t, dates, sar).shape
+torch.Size([1, 3, 4, 8, 12])
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xrecon.errors import CheckpointError, MethodError, XreconError
+from xrecon.models.base import XreconModel, register_model
+from xrecon.runtime import resolve_device
+
+__all__ = [
+    "PRESETS",
+    "UPSTREAM_SDT_DEFAULTS",
+    "RestoreDiT",
+    "RestoreDiTConfig",
+    "TileSizeError",
+    "date_embedding",
+    "days_since_origin",
+    "from_upstream",
+    "position_embedding",
+    "sample",
+    "timestep_embedding",
+]
+
+
+class TileSizeError(MethodError):
+    """A tile whose height or width is not a multiple of the network's patch size."""
+
+
+@dataclass(frozen=True)
+class RestoreDiTConfig:
+    """Architecture of a RESTORE-DiT network and its date convention (training settings live elsewhere).
+
+    The defaults are the authors' size (``PRESETS["authors"]``).
+    """
+
+    n_optical_bands: int = 10  # upstream in_channels
+    n_sar_bands: int = 3  # upstream cond_in_channels; 0 = optical only (no SAR embedding, no cross-attention)
+    hidden_size: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    learn_sigma: bool = False  # upstream option: 2 C outputs, of which the first C are x0
+    frequency_embedding_size: int = 256  # width of the diffusion-timestep sinusoid
+    date_period: float = 10000.0  # the T of the date sinusoid: frequencies 1 / T^(2i/D)
+    date_origin: str = "2018-09-01"  # frame dates are days since this day (ISO date)
+    num_train_timesteps: int = 1000  # the diffusion schedule the network was trained for
+
+    def __post_init__(self) -> None:
+        for name in ("n_optical_bands", "hidden_size", "depth", "num_heads", "patch_size",
+                     "frequency_embedding_size", "num_train_timesteps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise XreconError(f"RestoreDiTConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.n_sar_bands, bool) or not isinstance(self.n_sar_bands, int) or self.n_sar_bands < 0:
+            raise XreconError(f"RestoreDiTConfig.n_sar_bands must be an integer >= 0, got {self.n_sar_bands!r}")
+        if self.hidden_size % self.num_heads:
+            raise XreconError(f"RestoreDiTConfig.hidden_size ({self.hidden_size}) must be a multiple of "
+                              f"num_heads ({self.num_heads})")
+        if self.hidden_size % 4:
+            # the 2-D position code gives each axis half the width, as sines and cosines
+            raise XreconError(f"RestoreDiTConfig.hidden_size must be a multiple of 4, got {self.hidden_size}")
+        if self.frequency_embedding_size % 2:
+            raise XreconError("RestoreDiTConfig.frequency_embedding_size must be even")
+        if not self.mlp_ratio > 0 or not self.date_period > 0:
+            raise XreconError("RestoreDiTConfig.mlp_ratio and date_period must be positive")
+        try:
+            _dt.date.fromisoformat(self.date_origin)
+        except (TypeError, ValueError) as err:
+            raise XreconError(f"RestoreDiTConfig.date_origin must be an ISO date 'YYYY-MM-DD', "
+                              f"got {self.date_origin!r}") from err
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.n_optical_bands if self.learn_sigma else self.n_optical_bands
+
+
+#: Named architectures. "authors" is the size of the paper (PASTIS-R: 10 S2 bands, 3 S1 channels).
+PRESETS: dict[str, RestoreDiTConfig] = {
+    "authors": RestoreDiTConfig(),
+    "authors-optical": RestoreDiTConfig(n_sar_bands=0),
+    "small": RestoreDiTConfig(hidden_size=64, depth=2, num_heads=4),
+    "tiny": RestoreDiTConfig(n_optical_bands=4, n_sar_bands=2, hidden_size=32, depth=1, num_heads=2),
+}
+
+#: Defaults of upstream ``SDT.__init__`` (what ``from_upstream`` assumes for an argument not given).
+UPSTREAM_SDT_DEFAULTS: dict[str, Any] = {
+    "input_size": 32, "patch_size": 2, "in_channels": 4, "hidden_size": 1152, "depth": 3, "num_heads": 16,
+    "mlp_ratio": 4.0, "class_dropout_prob": 0.1, "num_classes": 1000, "learn_sigma": False, "num_frames": 16,
+    "cond_in_channels": 3, "cross_attention": True,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# fixed embeddings (no parameters)
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """``(B,)`` diffusion timesteps -> ``(B, dim)`` sinusoid ``[cos(t f_i), sin(t f_i)]``, f_i = P^(-i/(dim/2)).
+
+    Examples
+    --------
+    >>> timestep_embedding(torch.tensor([0]), 4)
+    tensor([[1., 1., 0., 0.]])
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def date_embedding(days: Tensor, dim: int, period: float = 10000.0) -> Tensor:
+    """``(..., )`` days -> ``(..., dim)`` interleaved sinusoid: sin at even, cos at odd positions.
+
+    Position ``j`` has angle ``days / period^(2 floor(j/2) / dim)`` (upstream ``DateEmbedder``; U-TAE's).
+    Computed in float64, so dates many years from the origin keep their precision, then cast to float32.
+
+    Examples
+    --------
+    >>> date_embedding(torch.tensor([0.0]), 4)
+    tensor([[0., 1., 0., 1.]])
+    """
+    wide = torch.float32 if days.device.type == "mps" else torch.float64  # MPS has no float64
+    j = torch.arange(dim, device=days.device, dtype=wide)
+    denom = period ** (2 * torch.div(j, 2, rounding_mode="floor") / dim)  # (dim,)
+    angle = days.to(wide)[..., None] / denom  # (..., dim)
+    even = (torch.arange(dim, device=days.device) % 2 == 0)
+    return torch.where(even, torch.sin(angle), torch.cos(angle)).float()
+
+
+def _sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """``(M,)`` float64 positions -> ``(M, dim)`` ``[sin(pos w_i), cos(pos w_i)]``, w_i = 10000^(-i/(dim/2))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos[:, None] * omega[None]  # (M, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def position_embedding(dim: int, rows: int, cols: int) -> Tensor:
+    """``(rows * cols, dim)`` float32 2-D sin-cos code of a patch grid, row-major like the tokens.
+
+    The first half encodes the column, the second the row (upstream ``get_2d_sincos_pos_embed``, which
+    is MAE's, for a square grid; here for any ``rows x cols``). Always computed on the CPU in float64.
+
+    Examples
+    --------
+    >>> position_embedding(8, 2, 3).shape
+    torch.Size([6, 8])
+    """
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    return torch.cat([_sincos_1d(dim // 2, c.reshape(-1)), _sincos_1d(dim // 2, r.reshape(-1))], dim=1).float()
+
+
+def days_since_origin(times: Any, origin: str = "2018-09-01") -> np.ndarray:
+    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin``, the network's date units.
+
+    Examples
+    --------
+    >>> days_since_origin(["2018-09-01", "2019-09-01T12:00"])
+    array([  0. , 365.5])
+    """
+    t = np.asarray(times, dtype="datetime64[ns]")
+    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")
+
+
+# --------------------------------------------------------------------------------------------------
+# layers
+
+def _heads(x: Tensor, n: int) -> Tensor:
+    """``(..., L, D)`` -> ``(..., n, L, D / n)``."""
+    return x.unflatten(-1, (n, -1)).transpose(-3, -2)
+
+
+def _merge(x: Tensor) -> Tensor:
+    """``(..., n, L, d)`` -> ``(..., L, n d)``."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the second-to-last axis (timm ``Attention`` with qkv bias)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (Z, L, D)
+        a = F.scaled_dot_product_attention(_heads(q, self.num_heads), _heads(k, self.num_heads),
+                                           _heads(v, self.num_heads), attn_mask=key_mask)  # (Z, h, L, D/h)
+        return self.proj(_merge(a))  # (Z, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x`` queries on ``kv`` keys and values (upstream ``CrossAttention``)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        h = self.num_heads
+        a = F.scaled_dot_product_attention(_heads(self.q(x), h), _heads(self.k(kv), h), _heads(self.v(kv), h),
+                                           attn_mask=key_mask)  # (Z, h, L, D/h)
+        return self.proj(_merge(a))  # (Z, L, D)
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``(B, T, N, D)`` tokens, ``(B, D)`` shift and scale: one per sequence, for all its frames and patches."""
+    return x * (1 + scale[:, None, None]) + shift[:, None, None]
+
+
+def _over_time(x: Tensor) -> Tensor:
+    """``(B, T, N, D)`` -> ``(B N, T, D)``: a sequence per patch position."""
+    B, T, N, D = x.shape
+    return x.transpose(1, 2).reshape(B * N, T, D)
+
+
+def _back_from_time(x: Tensor, B: int) -> Tensor:
+    """``(B N, T, D)`` -> ``(B, T, N, D)``."""
+    BN, T, D = x.shape
+    return x.reshape(B, BN // B, T, D).transpose(1, 2)
+
+
+class Block(nn.Module):
+    """SAR cross-attention (optional), temporal and spatial self-attention, MLP; each adaLN-Zero."""
+
+    def __init__(self, c: RestoreDiTConfig) -> None:
+        super().__init__()
+        D, H = c.hidden_size, c.num_heads
+        self.with_sar = c.n_sar_bands > 0
+        if self.with_sar:
+            self.cross_norm_x = nn.LayerNorm(D)
+            self.cross_norm_sar = nn.LayerNorm(D)
+            self.cross_spatial = CrossAttention(D, H)
+            self.cross_temporal = CrossAttention(D, H)
+            self.cross_ada = nn.Linear(D, 3 * D)
+        self.temporal_norm = nn.LayerNorm(D)
+        self.temporal_attn = SelfAttention(D, H)
+        self.temporal_ada = nn.Linear(D, 3 * D)
+        self.spatial_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.spatial_attn = SelfAttention(D, H)
+        self.spatial_ada = nn.Linear(D, 3 * D)
+        self.mlp_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp_fc1 = nn.Linear(D, int(D * c.mlp_ratio))
+        self.mlp_fc2 = nn.Linear(int(D * c.mlp_ratio), D)
+        self.mlp_ada = nn.Linear(D, 3 * D)
+
+    def forward(self, x: Tensor, c: Tensor, sar: Tensor | None, key_mask: Tensor | None) -> Tensor:
+        B, T, N, D = x.shape  # x: (B, T, N, D) tokens; c: (B, D) = silu(timestep code); sar like x or None
+        if self.with_sar and sar is not None:
+            shift, scale, gate = self.cross_ada(c).chunk(3, dim=1)  # 3 x (B, D)
+            q = _modulate(self.cross_norm_x(x), shift, scale)  # (B, T, N, D)
+            s = self.cross_norm_sar(sar)  # (B, T, N, D)
+            r = self.cross_spatial(q.reshape(B * T, N, D), s.reshape(B * T, N, D))  # (B T, N, D) within frames
+            r = self.cross_temporal(_over_time(r.view(B, T, N, D)), _over_time(s), key_mask)  # (B N, T, D)
+            x = x + gate[:, None, None] * _back_from_time(r, B)  # (B, T, N, D)
+        shift, scale, gate = self.temporal_ada(c).chunk(3, dim=1)  # 3 x (B, D)
+        a = self.temporal_attn(_over_time(_modulate(self.temporal_norm(x), shift, scale)), key_mask)  # (B N, T, D)
+        x = x + gate[:, None, None] * _back_from_time(a, B)  # (B, T, N, D)
+        shift, scale, gate = self.spatial_ada(c).chunk(3, dim=1)
+        a = self.spatial_attn(_modulate(self.spatial_norm(x), shift, scale).reshape(B * T, N, D))  # (B T, N, D)
+        x = x + gate[:, None, None] * a.view(B, T, N, D)  # (B, T, N, D)
+        shift, scale, gate = self.mlp_ada(c).chunk(3, dim=1)
+        m = _modulate(self.mlp_norm(x), shift, scale)  # (B, T, N, D)
+        m = self.mlp_fc2(F.gelu(self.mlp_fc1(m), approximate="tanh"))  # (B, T, N, D)
+        return x + gate[:, None, None] * m  # (B, T, N, D)
+
+
+# --------------------------------------------------------------------------------------------------
+# the network
+
+@register_model("restore-dit")
+class RestoreDiT(XreconModel):
+    """The RESTORE-DiT denoiser, with its normalization buffers, band names and date convention.
+
+    Attributes
+    ----------
+    config : RestoreDiTConfig
+    optical_bands, sar_bands : list of str or None
+        Band names in input order (``None`` if unknown).
+    optical_offset, optical_scale : Tensor (C,)
+        Model units = clamp((reflectance - offset) / scale, -1, 1); upstream: 0.4 and 0.4, which is its
+        ``clamp(DN, 0, 8000) / 8000`` rescaled to [-1, 1] for reflectance in 0-1 units.
+    sar_offset, sar_scale : Tensor (S,)
+        Model units = clamp((backscatter - offset) / scale, -1, 1); upstream: its per-band mean and twice its
+        standard deviation (``clamp((s - mean) / std, -2, 2) / 2``).
+    """
+
+    config_class = RestoreDiTConfig
+
+    def __init__(self, config: RestoreDiTConfig | None = None) -> None:
+        c = config or RestoreDiTConfig()
+        super().__init__(c)
+        C, S, D, p = c.n_optical_bands, c.n_sar_bands, c.hidden_size, c.patch_size
+        self.x_embed = nn.Conv2d(C, D, kernel_size=p, stride=p)
+        if S:
+            self.sar_embed = nn.Conv2d(S, D, kernel_size=p, stride=p)
+        self.t_embed = nn.Sequential(nn.Linear(c.frequency_embedding_size, D), nn.SiLU(), nn.Linear(D, D))
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(D, 2 * D)
+        self.final_linear = nn.Linear(D, p * p * c.out_channels)
+        self.register_buffer("optical_offset", torch.full((C,), 0.4))
+        self.register_buffer("optical_scale", torch.full((C,), 0.4))
+        self.register_buffer("sar_offset", torch.zeros(S))
+        self.register_buffer("sar_scale", torch.ones(S))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # DiT's: xavier linears, zeroed adaLN and output layers (adaLN-Zero: a new network is the identity
+        # of its blocks and predicts 0)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for conv in (self.x_embed, getattr(self, "sar_embed", None)):
+            if conv is not None:
+                nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+                nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        for name, m in self.named_modules():
+            if name.endswith("_ada") or name == "final_linear":
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------------------------------------
+    # units
+
+    def to_model_units(self, optical: Tensor) -> Tensor:
+        """``(..., C, H, W)`` reflectance -> model units in [-1, 1]."""
+        o, s = self.optical_offset[:, None, None], self.optical_scale[:, None, None]
+        return ((optical - o) / s).clamp(-1, 1)
+
+    def from_model_units(self, y: Tensor) -> Tensor:
+        """``(..., C, H, W)`` model units -> reflectance."""
+        return y * self.optical_scale[:, None, None] + self.optical_offset[:, None, None]
+
+    def sar_to_model_units(self, sar: Tensor) -> Tensor:
+        """``(..., S, H, W)`` backscatter -> model units in [-1, 1]."""
+        o, s = self.sar_offset[:, None, None], self.sar_scale[:, None, None]
+        return ((sar - o) / s).clamp(-1, 1)
+
+    # ----------------------------------------------------------------------------------------------
+    # network, in model units
+
+    def _embed(self, conv: nn.Conv2d, x: Tensor, pos: Tensor, frame: Tensor) -> Tensor:
+        B, T, C, H, W = x.shape
+        tok = conv(x.reshape(B * T, C, H, W)).flatten(2).transpose(1, 2)  # (B T, N, D), row-major patches
+        return tok.view(B, T, -1, tok.shape[-1]) + pos + frame[:, :, None]  # (B, T, N, D)
+
+    def forward(self, x: Tensor, t: Tensor, dates: Tensor | None = None, sar: Tensor | None = None,
+                valid: Tensor | None = None) -> Tensor:
+        """Noisy sequence ``(B, T, C, H, W)`` -> the network's output ``(B, T, out_channels, H, W)``.
+
+        ``t`` (B,) diffusion timesteps, ``dates`` (B, T) days since ``config.date_origin`` (None: the frame
+        index, as upstream without dates), ``sar`` (B, T, S, H, W) or None (the blocks then skip the
+        cross-attention), ``valid`` (B, T) bool or None: frames marked False take no part in temporal
+        attention (as keys), so a padded frame changes nothing in the others. Inputs are not checked here;
+        :meth:`denoise` checks them.
+        """
+        c = self.config
+        B, T, C, H, W = x.shape
+        p, D = c.patch_size, c.hidden_size
+        h, w = H // p, W // p
+        pos = position_embedding(D, h, w).to(device=x.device, dtype=x.dtype)  # (N, D)
+        if dates is None:
+            frame = _sincos_1d(D, torch.arange(T, dtype=torch.float64)).to(x.device, x.dtype).expand(B, T, D)
+        else:
+            frame = date_embedding(dates, D, c.date_period).to(x.dtype)  # (B, T, D)
+        tokens = self._embed(self.x_embed, x, pos, frame)  # (B, T, N, D)
+        sar_tokens = None
+        if sar is not None and c.n_sar_bands:
+            sar_tokens = self._embed(self.sar_embed, sar, pos, frame)  # (B, T, N, D)
+        cond = F.silu(self.t_embed(timestep_embedding(t, c.frequency_embedding_size).to(x.dtype)))  # (B, D)
+        key_mask = None
+        if valid is not None:  # no test of its values here: that would wait for the GPU
+            key_mask = valid.to(device=x.device, dtype=torch.bool)[:, None, None, :]  # (B, 1, 1, T)
+            key_mask = key_mask.expand(B, h * w, 1, T).reshape(B * h * w, 1, 1, T)  # (B N, 1, 1, T)
+        for block in self.blocks:
+            tokens = block(tokens, cond, sar_tokens, key_mask)  # (B, T, N, D)
+        shift, scale = self.final_ada(cond).chunk(2, dim=1)  # 2 x (B, D)
+        out = self.final_linear(_modulate(self.final_norm(tokens), shift, scale))  # (B, T, N, p p Co)
+        out = out.view(B, T, h, w, p, p, c.out_channels)  # (B, T, h, w, p, p, Co)
+        return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, T, c.out_channels, H, W)  # (B, T, Co, H, W)
+
+    def check_inputs(self, x: Tensor, t: Tensor | int, dates: Tensor | None, sar: Tensor | None,
+                     valid: Tensor | None = None) -> Tensor:
+        """Check the shapes of :meth:`denoise`'s inputs; returns ``t`` as a (B,) tensor on ``x``'s device."""
+        c = self.config
+        if x.ndim != 5 or x.shape[2] != c.n_optical_bands:
+            raise XreconError(f"x must be (B, T, {c.n_optical_bands}, H, W), got {tuple(x.shape)}")
+        B, T, _, H, W = x.shape
+        if H % c.patch_size or W % c.patch_size or H == 0 or W == 0:
+            raise TileSizeError(f"tile height and width must be positive multiples of the patch size "
+                                f"{c.patch_size}, got {H} x {W}")
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise XreconError(f"t must be a scalar or of shape (B,) = ({B},), got {tuple(t.shape)}")
+        if dates is not None and tuple(dates.shape) != (B, T):
+            raise XreconError(f"dates must be (B, T) = ({B}, {T}), got {tuple(dates.shape)}")
+        if sar is not None:
+            if not c.n_sar_bands:
+                raise XreconError("this RESTORE-DiT has no SAR branch (n_sar_bands=0); pass sar=None")
+            if tuple(sar.shape) != (B, T, c.n_sar_bands, H, W):
+                raise XreconError(f"sar must be (B, T, S, H, W) = {(B, T, c.n_sar_bands, H, W)}, "
+                                  f"got {tuple(sar.shape)}")
+        if valid is not None:
+            if tuple(valid.shape) != (B, T):
+                raise XreconError(f"valid must be (B, T) = ({B}, {T}), got {tuple(valid.shape)}")
+            if not bool(valid.bool().any(dim=1).all()):
+                raise XreconError("every sequence needs at least one valid frame")
+        return t
+
+    def denoise(self, x: Tensor, t: Tensor | int, dates: Tensor | None = None, sar: Tensor | None = None, *,
+                valid: Tensor | None = None) -> Tensor:
+        """The network's clean-sequence (x0) prediction, in model units.
+
+        Parameters
+        ----------
+        x
+            ``(B, T, C, H, W)`` model input (upstream: noisy where reconstructed, clean where observed);
+            H and W multiples of ``config.patch_size``.
+        t
+            ``(B,)`` diffusion timesteps (or one for the whole batch).
+        dates
+            ``(B, T)`` days since ``config.date_origin``, or None (frame index, as upstream without dates).
+        sar
+            ``(B, T, S, H, W)`` SAR aligned to the frames, model units, or None.
+        valid
+            ``(B, T)`` bool, False for padding frames, which then take no part in temporal attention.
+
+        Returns
+        -------
+        Tensor
+            ``(B, T, C, H, W)``, on ``x``'s device.
+
+        Raises
+        ------
+        TileSizeError
+            If H or W is not a multiple of the patch size.
+        XreconError
+            For other shapes that do not fit.
+        """
+        t = self.check_inputs(x, t, dates, sar, valid)
+        return self(x, t, dates, sar, valid)[:, :, : self.config.n_optical_bands]
+
+
+# --------------------------------------------------------------------------------------------------
+# upstream checkpoints
+
+def _upstream_names(depth: int, with_sar: bool) -> tuple[dict[str, str], set[str]]:
+    """Upstream ``SDT`` state-dict names -> ours, and the upstream names that are read but not used."""
+    names: dict[str, str] = {}
+    unused = {"pos_embed", "time_embed", "y_embedder.embedding_table.weight"}  # fixed tables; class labels
+
+    def pair(up: str, ours: str, use: bool = True) -> None:
+        for kind in ("weight", "bias"):
+            if use:
+                names[f"{up}.{kind}"] = f"{ours}.{kind}"
+            else:
+                unused.add(f"{up}.{kind}")
+
+    pair("x_embedder.proj", "x_embed")
+    pair("cond_embedder.proj", "sar_embed", with_sar)  # upstream builds it whatever cross_attention says
+    pair("t_embedder.mlp.0", "t_embed.0")
+    pair("t_embedder.mlp.2", "t_embed.2")
+    pair("final_layer.linear", "final_linear")
+    pair("final_layer.adaLN_modulation.1", "final_ada")
+    for i in range(depth):
+        up, ours = f"blocks.{i}", f"blocks.{i}"
+        cab = f"{up}.CrossAttentionBlock"
+        cross_names = {f"{cab}.norm_x": f"{ours}.cross_norm_x", f"{cab}.norm_SAR": f"{ours}.cross_norm_sar",
+                       f"{cab}.adaLN_modulation.1": f"{ours}.cross_ada"}
+        for which in ("spatial", "temporal"):
+            for proj in ("q", "k", "v"):
+                cross_names[f"{cab}.{which}_attn.w{proj}"] = f"{ours}.cross_{which}.{proj}"
+            cross_names[f"{cab}.{which}_attn.proj"] = f"{ours}.cross_{which}.proj"
+        for u, o in cross_names.items():
+            pair(u, o, with_sar)  # upstream builds this block always, and skips it when cross_attention=False
+        pair(f"{up}.TemporalBlock.temporal_norm1", f"{ours}.temporal_norm")
+        pair(f"{up}.TemporalBlock.temporal_attn.qkv", f"{ours}.temporal_attn.qkv")
+        pair(f"{up}.TemporalBlock.temporal_attn.proj", f"{ours}.temporal_attn.proj")
+        pair(f"{up}.TemporalBlock.adaLN_modulation.1", f"{ours}.temporal_ada")
+        pair(f"{up}.SpatialBlock.attn.qkv", f"{ours}.spatial_attn.qkv")
+        pair(f"{up}.SpatialBlock.attn.proj", f"{ours}.spatial_attn.proj")
+        pair(f"{up}.SpatialBlock.adaLN_modulation.1", f"{ours}.spatial_ada")
+        pair(f"{up}.mlp.fc1", f"{ours}.mlp_fc1")
+        pair(f"{up}.mlp.fc2", f"{ours}.mlp_fc2")
+        pair(f"{up}.adaLN_modulation.1", f"{ours}.mlp_ada")
+    return names, unused
+
+
+def _short(keys: Sequence[str], n: int = 8) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def from_upstream(
+    path: str | os.PathLike,
+    *,
+    optical_bands: Sequence[str] | None = None,
+    sar_bands: Sequence[str] | None = None,
+    optical_offset: float | Sequence[float] = 0.4,
+    optical_scale: float | Sequence[float] = 0.4,
+    sar_offset: float | Sequence[float] = 0.0,
+    sar_scale: float | Sequence[float] = 1.0,
+    date_origin: str = "2018-09-01",
+    device: str | torch.device | None = None,
+    **sdt_kwargs: Any,
+) -> RestoreDiT:
+    """A :class:`RestoreDiT` with the weights of an upstream RESTORE-DiT (``SDT``) training checkpoint.
+
+    Parameters
+    ----------
+    path
+        A file written by upstream's trainer: ``{"epoch": ..., "model_state_dict": {...}}``, keys prefixed
+        with ``module.`` (``DataParallel``); a bare ``SDT`` state dict is taken too.
+    **sdt_kwargs
+        The arguments upstream's ``SDT(...)`` was built with (``patch_size``, ``in_channels``,
+        ``hidden_size``, ``depth``, ``num_heads``, ``mlp_ratio``, ``cond_in_channels``, ``cross_attention``,
+        ``learn_sigma``, ``input_size``, ``num_frames``, ...); those not given take ``SDT``'s defaults
+        (:data:`UPSTREAM_SDT_DEFAULTS`). ``input_size`` and ``num_frames`` only sized upstream's fixed tables;
+        this network computes them for each input.
+    optical_bands, sar_bands
+        Band names stored with the model; ``None`` if unknown.
+    optical_offset, optical_scale, sar_offset, sar_scale
+        The normalization (see :class:`RestoreDiT`), per band or one for all; upstream keeps its SAR
+        statistics in its data files, so give ``sar_offset=mean`` and ``sar_scale=2 * std``.
+    date_origin
+        The day the checkpoint's frame dates count from (upstream PASTIS: 2018-09-01).
+    device
+        Where to put the model: None = "cuda" if available, else "cpu".
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing or unreadable, holds names this mapping does not know or lacks some it
+        needs (both listed), or tensors whose shapes do not fit the ``SDT`` arguments.
+
+    Examples
+    --------
+    >>> from xrecon.models import restore_dit
+    >>> model = restore_dit.from_upstream("checkpoint.pth", input_size=128, patch_size=4,  # doctest: +SKIP
+    ...     in_channels=10, hidden_size=256, depth=4, num_heads=4, num_frames=15, cond_in_channels=3)
+    >>> model.save("restore_dit.xrecon")  # doctest: +SKIP
+    """
+    unknown_args = set(sdt_kwargs) - set(UPSTREAM_SDT_DEFAULTS)
+    if unknown_args:
+        raise MethodError(f"SDT takes no arguments {sorted(unknown_args)}; its arguments are "
+                          f"{sorted(UPSTREAM_SDT_DEFAULTS)}")
+    a = {**UPSTREAM_SDT_DEFAULTS, **sdt_kwargs}
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"upstream checkpoint file not found: {os.fspath(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or unsafe file
+        raise CheckpointError(f"{path.name!r} is not a readable PyTorch checkpoint "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    sd = payload.get("model_state_dict", payload) if isinstance(payload, Mapping) else None
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path.name!r} is not an upstream RESTORE-DiT checkpoint "
+                              "(expected {'model_state_dict': {name: tensor}})")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+    cond = int(a["cond_in_channels"]) > 0 and bool(a["cross_attention"])
+    try:
+        config = RestoreDiTConfig(
+            n_optical_bands=int(a["in_channels"]), n_sar_bands=int(a["cond_in_channels"]) if cond else 0,
+            hidden_size=int(a["hidden_size"]), depth=int(a["depth"]), num_heads=int(a["num_heads"]),
+            patch_size=int(a["patch_size"]), mlp_ratio=float(a["mlp_ratio"]), learn_sigma=bool(a["learn_sigma"]),
+            date_origin=date_origin)
+    except XreconError as err:
+        raise CheckpointError(f"SDT arguments do not make a RESTORE-DiT: {err}") from err
+    names, unused = _upstream_names(config.depth, cond)
+    unknown = set(sd) - set(names) - unused
+    missing = set(names) - set(sd)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"names it does not know: {_short(list(unknown))}")
+        if missing:
+            parts.append(f"missing names: {_short(list(missing))}")
+        raise CheckpointError(f"{path.name!r} does not fit SDT(depth={config.depth}, "
+                              f"cross_attention={a['cross_attention']}): " + "; ".join(parts))
+
+    model = RestoreDiT(config)
+    own = model.state_dict()
+    state = {}
+    for up, ours in names.items():
+        if tuple(sd[up].shape) != tuple(own[ours].shape):
+            raise CheckpointError(f"{path.name!r}: {up!r} has shape {tuple(sd[up].shape)}, SDT arguments give "
+                                  f"{tuple(own[ours].shape)}; check the SDT arguments")
+        state[ours] = sd[up].float()
+    if "pos_embed" in sd:
+        # upstream's frozen table: checks the grid orientation and size the arguments claim
+        n = sd["pos_embed"].shape[1]
+        g = math.isqrt(n)
+        want = int(a["input_size"]) // config.patch_size
+        if g != want or g * g != n:
+            raise CheckpointError(f"{path.name!r}: pos_embed has {n} positions, input_size={a['input_size']} and "
+                                  f"patch_size={config.patch_size} give {want}x{want}")
+        if not torch.allclose(sd["pos_embed"][0].float(), position_embedding(config.hidden_size, g, g), atol=1e-5):
+            raise CheckpointError(f"{path.name!r}: pos_embed is not upstream's fixed 2-D sin-cos table")
+    units = {"optical_offset": optical_offset, "optical_scale": optical_scale,
+             "sar_offset": sar_offset, "sar_scale": sar_scale}
+    for name, value in units.items():
+        value = torch.as_tensor(value, dtype=torch.float32)
+        if value.ndim > 1 or value.numel() not in (1, own[name].numel()):
+            raise XreconError(f"{name} must be one value or one per band ({own[name].numel()}), got {value.tolist()}")
+        state[name] = value.expand_as(own[name]).clone()
+    model.load_state_dict(state, strict=True)
+    model.optical_bands = None if optical_bands is None else list(optical_bands)
+    model.sar_bands = None if sar_bands is None else list(sar_bands)
+    if model.optical_bands is not None and len(model.optical_bands) != config.n_optical_bands:
+        raise XreconError(f"optical_bands has {len(model.optical_bands)} names, the model {config.n_optical_bands}")
+    if model.sar_bands is not None and len(model.sar_bands) != config.n_sar_bands:
+        raise XreconError(f"sar_bands has {len(model.sar_bands)} names, the model {config.n_sar_bands}")
+    model.metadata = {"source": "upstream SDT checkpoint", "file": path.name,
+                      "sdt_arguments": {k: (v if isinstance(v, str | int | float | bool) else str(v))
+                                        for k, v in a.items()}}
+    if isinstance(payload, Mapping) and isinstance(payload.get("epoch"), int):
+        model.metadata["epoch"] = payload["epoch"]
+    return model.eval().to(resolve_device(device))
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling
+
+UNITS = ("upstream", "model")
+
+
+@torch.no_grad()
+def sample(
+    model: RestoreDiT,
+    image: Tensor,
+    mask: Tensor,
+    dates: Tensor | None = None,
+    sar: Tensor | None = None,
+    *,
+    noise: Tensor | None = None,
+    steps: int = 1,
+    generator: torch.Generator | None = None,
+    sampler: str | Any = "dpm++",
+    n_samples: int = 1,
+    valid: Tensor | None = None,
+    units: str = "model",
+) -> Tensor:
+    """Reconstruct the masked pixels of a batch of sequences: upstream's sampling loop (``SeqDiffusionPipeline``).
+
+    At each step the network sees the current sample where ``mask`` is 1 and the observation where it
+    is 0; the sampler steps the sample from the network's x0 prediction, and the observed pixels are put
+    back (noised to the next step's level, clean after the last step).
+
+    Parameters
+    ----------
+    model
+        The denoiser.
+    image
+        ``(B, T, C, H, W)`` sequences in model units (any finite value where masked).
+    mask
+        ``(B, T, 1, H, W)`` or ``(B, T, C, H, W)``: 1 = reconstruct, 0 = observed.
+    dates, sar, valid
+        As for :meth:`RestoreDiT.denoise`.
+    noise
+        Initial Gaussian noise, of the shape of the result in model units; None: drawn with ``generator``
+        (on the CPU, as upstream, so that a seed gives the same noise on every device).
+    steps
+        Solver steps (upstream's evaluation: 1).
+    sampler
+        ``"dpm++"`` (upstream's), ``"ddim"``, or a sampler object (see :mod:`xrecon.diffusion`).
+    n_samples
+        Samples per sequence, batched into one network call per step.
+    units
+        ``"upstream"``: what upstream's pipeline returns, ``(x / 2 + 0.5).clamp(0, 1)``; ``"model"``: model
+        units, unclamped.
+
+    Returns
+    -------
+    Tensor
+        ``(B, T, C, H, W)`` when ``n_samples == 1``, else ``(n_samples, B, T, C, H, W)``, on ``image``'s device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xrecon.models import restore_dit
+    >>> model = restore_dit.RestoreDiT(restore_dit.PRESETS["tiny"]).eval()
+    >>> image, mask = torch.zeros(1, 2, 4, 8, 8), torch.ones(1, 2, 1, 8, 8)
+    >>> y = restore_dit.sample(model, image, mask, None, None, n_samples=3,  # doctest: +SKIP
+    ...                        generator=torch.Generator().manual_seed(0))
+    >>> y.shape  # doctest: +SKIP
+    torch.Size([3, 1, 2, 4, 8, 8])
+    """
+    from xrecon.diffusion import get_sampler
+
+    if units not in UNITS:
+        raise XreconError(f"units must be one of {UNITS}, got {units!r}")
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise XreconError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise XreconError(f"steps must be a positive integer, got {steps!r}")
+    B = image.shape[0]
+    model.check_inputs(image, 0, dates, sar, valid)
+    if mask.ndim != 5 or mask.shape[:2] != image.shape[:2] or mask.shape[3:] != image.shape[3:] \
+            or mask.shape[2] not in (1, image.shape[2]):
+        raise XreconError(f"mask must be (B, T, 1, H, W) or like image {tuple(image.shape)}, got {tuple(mask.shape)}")
+    shape = tuple(image.shape) if n_samples == 1 else (n_samples, *image.shape)
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu",
+                            dtype=image.dtype)
+    elif tuple(noise.shape) != shape:
+        raise XreconError(f"noise must have the shape of the result {shape}, got {tuple(noise.shape)}")
+    noise = noise.to(image.device, image.dtype).reshape(n_samples * B, *image.shape[1:])  # (n B, T, C, H, W)
+
+    def rep(v: Tensor | None) -> Tensor | None:  # sample-major: row s B + b is sample s of sequence b
+        return None if v is None else v.repeat(n_samples, *([1] * (v.ndim - 1)))
+
+    image, mask, dates, sar, valid = (rep(v) for v in (image, mask.to(image.dtype), dates, sar, valid))
+    solver = get_sampler(sampler, num_train_timesteps=model.config.num_train_timesteps)
+    timesteps = solver.set_timesteps(steps, device=image.device)
+    latents = noise
+    for i, t in enumerate(timesteps):
+        model_input = latents * mask + (1 - mask) * image  # noisy where reconstructed, clean where observed
+        x0 = model.denoise(model_input, t.expand(n_samples * B), dates, sar, valid=valid)  # (n B, T, C, H, W)
+        latents = solver.step(x0, t, latents, generator=generator)
+        known = image if i == len(timesteps) - 1 else solver.add_noise(image, noise, timesteps[i + 1: i + 2])
+        latents = (1 - mask) * known + mask * latents
+    out = (latents / 2 + 0.5).clamp(0, 1) if units == "upstream" else latents
+    return out.reshape(shape)
+
