@@ -2,7 +2,8 @@
 
 Part 1 times the numpy kernels alone (``xrecon.methods``) on T = 60 dates x C = 4 bands with about 40 % of
 the dates cloudy; part 2 times ``ds.recon.fill`` on a Zarr cube of the same kind; part 3 measures what a
-patch method's halo costs (block + halo against the block alone).
+patch method's halo costs (block + halo against the block alone); part 4 times the spatio-temporal
+"neighbors" method against Whittaker.
 Every number is measured in this one run, on one thread, so ratios between lines are what to compare; the
 absolute numbers depend on the machine and on what else runs on it (report them as such).
 
@@ -217,6 +218,50 @@ def halo_overhead(n: int, repeat: int, halos: tuple[int, ...] = (0, 2, 8)) -> No
         methods.unregister(name)
 
 
+def neighbors_rate(n: int, repeat: int, rates: dict[str, tuple[float, float]]) -> None:
+    """Part 4: the spatio-temporal "neighbors" method (a patch kernel) against Whittaker, kernel and fill."""
+    import dask
+    import xarray as xr
+
+    side = min(int(np.sqrt(n)), CHUNK)
+    halo = methods.get("neighbors").halo
+    values, valid, t = synthetic(side * side)
+    window = np.full((T, C, side + 2 * halo, side + 2 * halo), np.nan, np.float32)
+    window[:, :, halo:-halo, halo:-halo] = values.reshape(side, side, T, C).transpose(2, 3, 0, 1)
+    ok = np.isfinite(window).all(1)
+    kernel = methods.get_method("neighbors")
+    print(f"Part 4: neighbors (patch, halo {halo}) on {side} x {side} px windows (+ halo), T = {T}, C = {C}, 1 thread")
+    ref = rates.get("whittaker lam=default", (np.nan, np.nan))[0]
+    print(f"  {'':<26s} {'series/s (cpu)':>15s} {'(wall)':>10s}   ratio to whittaker lam=default (cpu)")
+    for label, options in (("neighbors", {}), ("neighbors max_radius=8", {"max_radius": 8, "min_neighbors": 12})):
+
+        def run(options=options) -> None:
+            kernel(window, ok, t, t, offset=(-halo, -halo), **options)
+
+        run()
+        cpu, wall = best_rate(run, side * side, repeat)
+        print(f"  {label:<26s} {cpu:>15,.0f} {wall:>10,.0f}   x{cpu / ref:5.2f} (goal >= x0.33)")
+    big = int(np.sqrt(n))
+    values, valid, t = synthetic(big * big)
+    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
+    ds = xr.Dataset(
+        {"optical": (("time", "band", "y", "x"), values.reshape(big, big, T, C).transpose(2, 3, 0, 1))},
+        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(big), "x": np.arange(big)},
+    ).chunk({"y": CHUNK, "x": CHUNK})
+    print(f"  through ds.recon.fill, {big} x {big} px in {CHUNK} x {CHUNK} chunks, dask in memory, synchronous:")
+    fill_rates = {}
+    for name in ("whittaker", "neighbors"):
+
+        def run_fill(name=name) -> None:
+            with dask.config.set(scheduler="synchronous"):
+                ds.recon.fill(None, method=name).compute()
+
+        run_fill()
+        fill_rates[name] = best_rate(run_fill, big * big, repeat)[0]
+        ratio = fill_rates[name] / fill_rates["whittaker"]
+        print(f"  {name + ' (fill)':<26s} {fill_rates[name]:>15,.0f}   x{ratio:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pixels", type=int, default=65_536)
@@ -230,6 +275,7 @@ def main() -> None:
     rates, native_rates = kernels(args.pixels, args.repeat, args.quick)
     through_fill(args.pixels, args.repeat, rates, native_rates)
     halo_overhead(args.pixels, args.repeat)
+    neighbors_rate(args.pixels, args.repeat, rates)
 
 
 if __name__ == "__main__":

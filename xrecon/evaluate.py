@@ -22,10 +22,61 @@ from xrecon.holdout import hide_observations
 from xrecon.methods import registry
 from xrecon.times import to_days
 
-__all__ = ["evaluate", "gap_lengths", "plot_evaluation", "DEFAULT_GAP_BINS"]
+__all__ = ["evaluate", "gap_lengths", "gap_sizes", "plot_evaluation", "DEFAULT_GAP_BINS", "DEFAULT_SIZE_BINS"]
 
 #: Gap-length classes in days (the length of the gap a hidden observation sits in).
 DEFAULT_GAP_BINS = (0, 15, 30, 60, 120, np.inf)
+#: Gap-size classes in pixels (distance from a hidden observation to the nearest clear pixel of its date):
+#: 1 and 1.41 (a pixel next to a clear one) fall in the first class.
+DEFAULT_SIZE_BINS = (0, 1.5, 3, 6, 12, np.inf)
+
+
+def _size_block(kept: np.ndarray, hidden: np.ndarray, *, reach: int) -> np.ndarray:
+    """(T, Y, X) kept validity and hidden mask of a window -> Euclidean distance in pixels from each hidden
+    pixel to the nearest kept one of its date; inf beyond ``reach`` (the window's halo), NaN where not hidden."""
+    from scipy import ndimage
+
+    out = np.full(kept.shape, np.nan)
+    for k in range(kept.shape[0]):  # one distance transform per date (a loop over dates, not pixels)
+        if not hidden[k].any():
+            continue
+        if kept[k].any():
+            dist = ndimage.distance_transform_edt(~kept[k])
+        else:
+            dist = np.full(kept[k].shape, np.inf)
+        dist[dist > reach] = np.inf  # beyond the halo the nearest clear pixel may lie in another chunk
+        out[k] = np.where(hidden[k], dist, np.nan)
+    return out
+
+
+def gap_sizes(kept_valid: xr.DataArray, hidden: xr.DataArray, *, reach: int = 12) -> xr.DataArray:
+    """Distance in pixels from each hidden observation to the nearest kept clear pixel of the same date.
+
+    Exact up to ``reach`` pixels and ``inf`` beyond (or when the date has no kept clear pixel), NaN where
+    nothing is hidden; the same for every chunking (each chunk sees ``reach`` pixels of its neighbours).
+    Lazy for dask input.
+    """
+    kept_valid = kept_valid.transpose("time", "y", "x")
+    hidden = hidden.transpose("time", "y", "x")
+    reach = max(int(reach), 1)
+    if kept_valid.chunks is None:
+        pad = [(0, 0), (reach, reach), (reach, reach)]
+        k, h = np.pad(kept_valid.values, pad), np.pad(hidden.values, pad)
+        data = _size_block(k, h, reach=reach)[:, reach:-reach, reach:-reach]
+    else:
+        import dask.array as dsa
+
+        from xrecon.fill import _at_least
+
+        work = {d: _at_least(kept_valid.chunksizes[d], reach) for d in ("y", "x")}
+        arrays = [a.chunk({"time": -1, **work}).data for a in (kept_valid, hidden)]
+        depth = {1: reach, 2: reach}
+        data = dsa.map_overlap(
+            _size_block, *arrays, depth=depth, boundary=False, trim=True, reach=reach, dtype=np.float64,
+            meta=np.empty((0, 0, 0), np.float64),
+        )
+        data = data.rechunk({1: kept_valid.chunksizes["y"], 2: kept_valid.chunksizes["x"]})
+    return xr.DataArray(data, dims=("time", "y", "x"), coords=hidden.coords, name="gap_size")
 
 
 def _gap_block(valid: np.ndarray, hidden: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -66,7 +117,8 @@ def _sums(pred: xr.DataArray, truth: xr.DataArray, where: xr.DataArray) -> dict[
     dot = (pred * truth).sum("band")
     norm = np.sqrt((pred**2).sum("band") * (truth**2).sum("band"))
     norm = norm.where(norm > 0)  # a zero spectrum has no angle
-    angle = np.degrees(np.arccos(np.clip(dot / norm, -1.0, 1.0))).where(where)
+    # DataArray.clip, not np.clip: numpy's clip converts a DataArray to numpy, computing it early
+    angle = np.degrees(np.arccos((dot / norm).clip(-1.0, 1.0))).where(where)
     return {
         "n": where.sum(dims),
         "abs": np.abs(d).sum(dims),
@@ -111,6 +163,8 @@ def evaluate(
     sar: Hashable | None = DEFAULT_SAR,
     mask: Hashable | None = None,
     by_gap: bool | Sequence[float] = False,
+    gaps: str | int = "pixels",
+    by_gap_size: bool | Sequence[float] = False,
     options: dict[str, dict[str, Any]] | None = None,
     **fill_kwargs: Any,
 ) -> pd.DataFrame:
@@ -132,6 +186,15 @@ def evaluate(
     by_gap : bool or sequence of float
         Also score by the length of the gap (days between the kept clear observations around a hidden
         one); True uses :data:`DEFAULT_GAP_BINS`, or give bin edges.
+    gaps : {"pixels", "clouds"} or int
+        The shape of what is hidden (see :func:`xrecon.holdout.hide_observations`): single pixel-dates
+        (the default, as in earlier versions), real cloud shapes transplanted from the cube's own masks
+        onto clear pixel-dates, or square blocks of that side in pixels. ``"clouds"`` is the honest choice
+        for methods that look sideways (docs/evaluation.md).
+    by_gap_size : bool or sequence of float
+        Also score by gap size: the distance in pixels from a hidden observation to the nearest clear pixel
+        of the same date (after hiding); True uses :data:`DEFAULT_SIZE_BINS`, or give bin edges (distances
+        beyond the largest finite edge fall in the last, open class).
     options : dict, optional
         Per-method options, e.g. ``{"whittaker": {"lam": "vcurve"}}``.
     **fill_kwargs
@@ -141,8 +204,9 @@ def evaluate(
     -------
     pandas.DataFrame
         One row per method and band (and gap class), columns ``mae``, ``rmse``, ``r2`` and ``n`` (hidden
-        observations scored); with 3 or more bands also a row ``band="all"`` pooling the bands, with the
-        mean spectral angle ``sam`` in degrees.
+        observations scored); with ``by_gap`` a column ``gap`` and with ``by_gap_size`` a column ``gap_size``
+        ("all" in the rows that do not split by it); with 3 or more bands also a row ``band="all"`` pooling
+        the bands, with the mean spectral angle ``sam`` in degrees.
 
     Examples
     --------
@@ -157,19 +221,37 @@ def evaluate(
         methods = [methods]
     options = options or {}
     cube = validate(ds, optical=optical, sar=sar, mask=mask)
-    held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask)
+    held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask, gaps=gaps)
     truth = cube.optical
-    groups: list[tuple[dict[str, Any], xr.DataArray]] = [({} if by_gap is False else {"gap": "all"}, hidden)]
+    split = {}
     if by_gap is not False:
-        edges = DEFAULT_GAP_BINS if by_gap is True else tuple(by_gap)
+        split["gap"] = "all"
+    if by_gap_size is not False:
+        split["gap_size"] = "all"
+    groups: list[tuple[dict[str, Any], xr.DataArray]] = [(dict(split), hidden)]
+    if split:
         kept = held[optical].notnull().all("band")
         if mask is not None:
             kept = kept & held[mask]
-        gaps = gap_lengths(kept, hidden)
+    if by_gap is not False:
+        edges = DEFAULT_GAP_BINS if by_gap is True else tuple(by_gap)
+        lengths = gap_lengths(kept, hidden)
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             label = f"{lo:g}-{hi:g} d" if np.isfinite(hi) else f">{lo:g} d"
-            upper = gaps < hi if np.isfinite(hi) else gaps <= hi  # the last class takes open-ended gaps (inf)
-            groups.append(({"gap": label}, hidden & (gaps >= lo) & upper))
+            upper = lengths < hi if np.isfinite(hi) else lengths <= hi  # the last class takes open-ended gaps (inf)
+            groups.append(({**split, "gap": label}, hidden & (lengths >= lo) & upper))
+    if by_gap_size is not False:
+        edges = DEFAULT_SIZE_BINS if by_gap_size is True else tuple(float(e) for e in by_gap_size)
+        finite = [e for e in edges if np.isfinite(e)]
+        if len(edges) < 2 or list(edges) != sorted(edges) or not finite:
+            raise XreconError(f"by_gap_size={by_gap_size!r}: expected increasing bin edges in pixels, e.g. (0, 2, 8)")
+        sizes = gap_sizes(kept, hidden, reach=int(np.ceil(max(finite))))
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if np.isfinite(hi):
+                label, upper = f"{lo:g}-{hi:g} px", sizes < hi
+            else:
+                label, upper = f">{lo:g} px", sizes <= hi
+            groups.append(({**split, "gap_size": label}, hidden & (sizes >= lo) & upper))
 
     lazy = {}
     for method in methods:
@@ -215,6 +297,8 @@ def plot_evaluation(table: pd.DataFrame, metric: str = "rmse", *, path: str | os
 
     if metric not in table.columns:
         raise XreconError(f"metric {metric!r} is not a column of the table; expected one of {list(table.columns)}")
+    if "gap_size" in table.columns:  # the plot splits by gap length only
+        table = table[table["gap_size"] == "all"]
     overall = table[table["gap"] == "all"] if "gap" in table.columns else table
     by_gap = table[table["gap"] != "all"] if "gap" in table.columns else None
     methods_ = list(dict.fromkeys(overall["method"]))

@@ -2,6 +2,17 @@
 
 The choice of what is hidden is keyed on each observation's (time, y, x) position and the seed
 (:func:`xrecon.rng.hash_uniform`), so it does not depend on the chunking and computes nothing early.
+Three shapes (``gaps=``):
+
+``"pixels"``
+    Single pixel-dates, each clear one hidden with probability ``fraction`` (the historical default).
+``int`` (a side ``s`` in pixels)
+    Square ``s x s`` blocks on a grid shifted per date; each block is hidden with probability
+    ``fraction`` (its clear pixels are).
+``"clouds"``
+    Real cloud shapes: on a date, the clear pixels under the clouds of another date of the same cube
+    (its donor, chosen per date from the seed) are hidden. Dates are taken in a seeded order, in up to
+    :data:`CLOUD_ROUNDS` rounds of donors, until ``fraction`` of the clear observations is hidden.
 """
 
 from __future__ import annotations
@@ -12,7 +23,14 @@ import xarray as xr
 from xrecon.errors import CubeError, XreconError
 from xrecon.rng import hash_uniform
 
-__all__ = ["hide_observations"]
+__all__ = ["CLOUD_ROUNDS", "GAP_SHAPES", "hide_observations"]
+
+#: The named hold-out shapes (an int, a block side in pixels, is the third kind).
+GAP_SHAPES = ("pixels", "clouds")
+#: Donor dates per date at most, for ``gaps="clouds"`` (rounds of transplanted clouds).
+CLOUD_ROUNDS = 3
+# Streams of hash_uniform, so the shapes' choices never correlate with the pixels' (stream 0 is implicit).
+_BLOCK_STREAM, _DONOR_STREAM, _ORDER_STREAM = 101, 102, 103
 
 
 def hide_observations(
@@ -22,6 +40,7 @@ def hide_observations(
     seed: int = 0,
     optical: str = "optical",
     mask: str | None = None,
+    gaps: str | int = "pixels",
 ) -> tuple[xr.Dataset, xr.DataArray]:
     """Hide a random share of the clear observations, for hold-out evaluation.
 
@@ -41,6 +60,12 @@ def hide_observations(
         Name of the optical variable.
     mask : str, optional
         Name of a clear mask ``(time, y, x)``; it is also set False where hidden.
+    gaps : {"pixels", "clouds"} or int
+        The shape of what is hidden (see the module docstring). ``"pixels"`` hides each clear
+        observation independently; an int ``s`` hides ``s x s`` blocks, each with probability
+        ``fraction``; ``"clouds"`` hides the clear pixels under another date's clouds, date after date,
+        until ``fraction`` of all clear observations is hidden (to within one date's transplant; fewer
+        if :data:`CLOUD_ROUNDS` rounds of donor clouds cannot cover that much).
 
     Returns
     -------
@@ -58,6 +83,7 @@ def hide_observations(
     """
     if not 0 <= fraction <= 1:
         raise XreconError(f"fraction={fraction!r}: expected a fraction from 0 to 1")
+    gaps = check_gaps(gaps)
     for name in (optical, mask):
         if name is not None and name not in ds:
             raise CubeError(f"variable {name!r} not in the cube (variables: {list(ds.data_vars)})")
@@ -71,14 +97,113 @@ def hide_observations(
     idx = {d: xr.DataArray(np.arange(obs.sizes[d], dtype=np.int64), dims=d) for d in ("time", "y", "x")}
     if obs.chunks is not None:
         idx = {d: a.chunk({d: obs.chunksizes[d]}) for d, a in idx.items()}
-    u = xr.apply_ufunc(
-        lambda t, y, x: hash_uniform(int(seed), t, y, x),
-        idx["time"], idx["y"], idx["x"],
-        dask="parallelized", output_dtypes=[np.float64],
-    ).transpose("time", "y", "x")
-    hidden = (valid & (u < fraction)).rename("hidden")
+    if gaps == "pixels":
+        u = xr.apply_ufunc(
+            lambda t, y, x: hash_uniform(int(seed), t, y, x),
+            idx["time"], idx["y"], idx["x"],
+            dask="parallelized", output_dtypes=[np.float64],
+        ).transpose("time", "y", "x")
+        hidden = valid & (u < fraction)
+    elif gaps == "clouds":
+        hidden = _cloud_hidden(valid, fraction, int(seed))
+    else:
+        u = xr.apply_ufunc(
+            lambda t, y, x: _block_uniform(int(seed), int(gaps), t, y, x),
+            idx["time"], idx["y"], idx["x"],
+            dask="parallelized", output_dtypes=[np.float64],
+        ).transpose("time", "y", "x")
+        hidden = valid & (u < fraction)
+    hidden = hidden.rename("hidden")
     out = ds.copy()
     out[optical] = obs.where(~hidden)
     if mask is not None:
         out[mask] = ds[mask].astype(bool) & ~hidden
     return out, hidden
+
+
+def check_gaps(gaps: object) -> str | int:
+    """``gaps`` if it names a hold-out shape ("pixels", "clouds" or a block side >= 1), else XreconError."""
+    if isinstance(gaps, str) and gaps.strip().isdigit():
+        gaps = int(gaps)
+    if isinstance(gaps, bool) or not (
+        (isinstance(gaps, str) and gaps in GAP_SHAPES) or (isinstance(gaps, int | np.integer) and gaps >= 1)
+    ):
+        raise XreconError(f"gaps={gaps!r}: expected 'pixels', 'clouds' or a block side in pixels (an int >= 1)")
+    return gaps if isinstance(gaps, str) else int(gaps)
+
+
+def _block_uniform(seed: int, side: int, t: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """One uniform number per (date, block): blocks of ``side`` on a grid shifted per date by the seed."""
+    t = np.asarray(t, np.int64)
+    shift_y = np.floor(hash_uniform(seed, np.int64(_BLOCK_STREAM), t, np.int64(0)) * side).astype(np.int64)
+    shift_x = np.floor(hash_uniform(seed, np.int64(_BLOCK_STREAM), t, np.int64(1)) * side).astype(np.int64)
+    return hash_uniform(seed, np.int64(_BLOCK_STREAM + 1), t, (y + shift_y) // side, (x + shift_x) // side)
+
+
+def cloud_donors(n_time: int, seed: int, rounds: int = CLOUD_ROUNDS) -> np.ndarray:
+    """(rounds, T) donor date of each date in each round: distinct dates, never the date itself.
+
+    Examples
+    --------
+    >>> d = cloud_donors(5, seed=0, rounds=3)
+    >>> d.shape, bool((d != np.arange(5)).all()), bool(all(len(set(d[:, i])) == 3 for i in range(5)))
+    ((3, 5), True, True)
+    """
+    t = np.arange(n_time, dtype=np.int64)
+    keys = hash_uniform(seed, np.int64(_DONOR_STREAM), t[:, None], t[None, :])  # (T, T)
+    keys[t, t] = np.inf  # never its own clouds
+    rounds = max(min(rounds, n_time - 1), 0)
+    return np.argsort(keys, axis=1, kind="stable")[:, :rounds].T
+
+
+def _greedy_include(overlap: np.ndarray, n_clear: np.ndarray, *, fraction: float, order: np.ndarray) -> np.ndarray:
+    """(R, T) incremental overlaps and the total of clear observations -> (R, T) bool: which transplants
+    to apply. Rounds in turn, dates in ``order`` within a round, until ``fraction`` of the clear
+    observations is hidden; the transplant that crosses the target is kept when that lands closer to it."""
+    n_rounds, n_time = overlap.shape
+    target = fraction * float(n_clear)
+    seq = overlap[:, order].ravel().astype(np.float64)  # rounds in turn, dates in the seeded order
+    cum = np.cumsum(seq)
+    k = int(np.searchsorted(cum, target))  # first transplant reaching the target
+    if k < len(seq) and abs(cum[k] - target) <= abs(target - (cum[k - 1] if k else 0.0)):
+        k += 1
+    take = np.zeros(len(seq), dtype=bool)
+    take[:k] = True
+    out = np.zeros((n_rounds, n_time), dtype=bool)
+    out[:, order] = take.reshape(n_rounds, n_time)
+    return out
+
+
+def _cloud_hidden(valid: xr.DataArray, fraction: float, seed: int) -> xr.DataArray:
+    """Lazy ``gaps="clouds"``: clear pixels under donor dates' clouds, until ``fraction`` is hidden."""
+    n_time = valid.sizes["time"]
+    if valid.chunks is not None:
+        valid = valid.chunk({"time": -1})  # a date's donor may be any date
+    donors = cloud_donors(n_time, seed)
+    n_rounds = len(donors)
+    if n_rounds == 0 or fraction == 0:
+        return valid & False
+    # The clouds each round would add on each date, given all earlier rounds applied in full: integers,
+    # so the choice below is exact whatever the chunking.
+    covered = valid & False
+    layers, overlaps = [], []
+    for r in range(n_rounds):
+        cloudy = ~valid.isel(time=donors[r]).assign_coords(time=valid["time"])
+        layer = valid & cloudy & ~covered
+        layers.append(layer)
+        overlaps.append(layer.sum(("y", "x"), dtype=np.int64))
+        covered = covered | layer
+    overlap = xr.concat(overlaps, dim="round")  # (round, time)
+    if overlap.chunks is not None:
+        overlap = overlap.chunk({"round": -1, "time": -1})
+    n_clear = valid.sum(dtype=np.int64)
+    order = np.argsort(hash_uniform(seed, np.int64(_ORDER_STREAM), np.arange(n_time, dtype=np.int64)), kind="stable")
+    include = xr.apply_ufunc(
+        _greedy_include, overlap, n_clear, input_core_dims=[["round", "time"], []],
+        output_core_dims=[["round", "time"]], dask="parallelized", output_dtypes=[bool],
+        kwargs={"fraction": float(fraction), "order": order},
+    )
+    hidden = valid & False
+    for r, layer in enumerate(layers):
+        hidden = hidden | (layer & include.isel(round=r))
+    return hidden.transpose("time", "y", "x")

@@ -61,6 +61,16 @@ register("whittaker", fill_whittaker, native=whittaker_native,
          summary="Whittaker smoother on irregular dates (fixed lam, or 'gcv' / 'vcurve')")
 
 register(
+    "neighbors",
+    "xrecon.methods.neighbors:fill_neighbors",
+    footprint="patch",
+    halo=8,  # = xrecon.methods.neighbors.MAX_RADIUS: the build step refuses a larger max_radius
+    build="xrecon.methods.neighbors:build",
+    options=("radius", "max_radius", "min_neighbors", "min_common", "adjust", "fallback"),
+    summary="same-date neighbours (5 x 5, growing to max_radius <= 8 px) plus each pixel's offset, then linear",
+)
+
+register(
     "anytimeformer",
     "xrecon.methods.anytimeformer:fill_anytimeformer",
     build="xrecon.methods.anytimeformer:build",

@@ -369,7 +369,7 @@ def list_methods() -> list[str]:
     --------
     >>> import xrecon.methods
     >>> xrecon.methods.list_methods()
-    ['anytimeformer', 'harmonic', 'linear', 'whittaker']
+    ['anytimeformer', 'harmonic', 'linear', 'neighbors', 'whittaker']
     """
     return sorted(_REGISTRY)
 
