@@ -233,4 +233,10 @@ def _finish(
         "checkpoint_sha256": checkpoint_sha256 or "",
         "xrecon_version": __version__,
     }
+    # Nothing inherited from the input store's encoding (chunks, another Zarr format's codecs) may reach
+    # a plain ``out.to_zarr(...)``; band names as variable-length strings, which Zarr v3 specifies
+    # (fixed-width unicode has no v3 specification and warns on every write).
+    out = out.drop_encoding()
+    if "band" in out.coords and out["band"].dtype.kind in "UT":
+        out = out.assign_coords(band=out["band"].astype(object))
     return out

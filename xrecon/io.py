@@ -1,19 +1,63 @@
-"""Reading cubes and writing results without ever leaving a half-written output."""
+"""Reading cubes and writing results: all or nothing, never over what xrecon did not write, resumable.
+
+A local write of ``OUT`` works beside it, in the same folder (so the last step is one rename):
+
+- ``.OUT.xrecon-lock``: claims ``OUT``, created atomically (``O_CREAT | O_EXCL``) with the writer's pid,
+  host and start time; a second writer is refused (:class:`OutputLockedError`), a lock whose process is
+  gone (same host) is stale and taken over;
+- ``.OUT.xrecon-partial/``: the store being written (``data.zarr``), what it is (``xrecon-partial.json``:
+  the provenance and its fingerprint) and one marker per spatial chunk written (``done/I.J``);
+- ``.OUT.xrecon-old``: only for a moment, an existing store being replaced with ``overwrite=True``.
+
+See ``docs/writing.md``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import errno
+import hashlib
+import json
 import os
 import shutil
+import socket
+import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
-from xrecon.errors import CubeError, OutputExistsError
+from xrecon.errors import CubeError, OutputExistsError, XreconError
 
-__all__ = ["open_cube", "write_zarr"]
+__all__ = [
+    "open_cube",
+    "write_zarr",
+    "source_fingerprint",
+    "OutputLockedError",
+    "ResumeMismatchError",
+]
+
+LOCK_SUFFIX = "xrecon-lock"
+PARTIAL_SUFFIX = "xrecon-partial"
+OLD_SUFFIX = "xrecon-old"
+_RECORD = "xrecon-partial.json"
+_CLEANUP_WAIT_S = 300.0  # the longest a failed write waits for its in-flight chunk writes before cleaning
+_STALE_BREAK_S = 60.0  # a lock-breaking marker older than this was left by a killed process
+
+# Called with (row, column) after each spatial chunk is written and recorded: a seam for tests.
+_REGION_HOOK: Callable[[int, int], None] | None = None
+
+
+class OutputLockedError(XreconError):
+    """Another writer (a live process) holds the output path."""
+
+
+class ResumeMismatchError(XreconError):
+    """``resume=True`` found an interrupted write of another computation."""
 
 
 def open_cube(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
@@ -32,19 +76,267 @@ def open_cube(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
         raise CubeError(f"input cube {text!r} does not exist; expected a Zarr store or a netCDF file")
     if text.endswith((".nc", ".nc4", ".h5", ".hdf5")):
         return xr.open_dataset(text, chunks=chunks if chunks is not None else {})
+    kwargs: dict[str, Any] = {}
+    if not is_remote:
+        kwargs["consolidated"] = _has_consolidated(Path(text))
     try:
-        return xr.open_zarr(text, chunks=chunks if chunks is not None else {})
+        return xr.open_zarr(text, chunks=chunks if chunks is not None else {}, **kwargs)
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise CubeError(f"cannot open {text!r} as a Zarr store ({err})") from None
 
 
-def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
+def _has_consolidated(path: Path) -> bool | None:
+    """Whether a local store has consolidated metadata (None: let xarray find out)."""
+    if (path / ".zmetadata").is_file():
+        return True
+    meta = path / "zarr.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text()).get("consolidated_metadata") is not None
+        except (OSError, ValueError):
+            return None
+    return None if not (path / ".zgroup").is_file() else False
+
+
+# -- what a write is: encodings, provenance ------------------------------------------------------------
+
+
+def _clean_encoding(ds: xr.Dataset, zarr_format: int) -> xr.Dataset:
     # Encodings inherited from the input store (chunks, compressors of another zarr format) would clash
-    # with the new dask chunks; let the writer choose from the data itself.
+    # with the new dask chunks; let the writer choose from the data itself. Fixed-width unicode has no
+    # Zarr v3 specification (zarr warns on every write): variable-length strings have one.
     ds = ds.copy()
     for var in ds.variables.values():
         var.encoding = {}
+    if zarr_format == 3:
+        for name, var in ds.variables.items():
+            if var.dtype.kind == "U":
+                ds[name] = var.astype(object)
     return ds
+
+
+def _hash_values(values: np.ndarray) -> str:
+    values = np.asarray(values)
+    if values.dtype.kind in "OUT" or values.dtype.kind == "S":
+        blob = json.dumps([str(v) for v in values.ravel().tolist()]).encode()
+    else:
+        blob = np.ascontiguousarray(values).tobytes()
+    return hashlib.sha256(f"{values.dtype.str}{values.shape}".encode() + blob).hexdigest()
+
+
+def source_fingerprint(source: Any) -> dict[str, Any]:
+    """What identifies the input of a computation, cheaply: its path, sizes and coordinates.
+
+    ``source`` is a path (opened lazily to read its sizes and coordinates), an :class:`xarray.Dataset`
+    or a mapping (taken as it is). The values of the data are not read: an input rewritten in place
+    with the same coordinates is told apart only by its modification time (local paths).
+    """
+    if source is None:
+        return {}
+    if isinstance(source, Mapping) and not isinstance(source, xr.Dataset):
+        return {str(k): v for k, v in source.items()}
+    record: dict[str, Any] = {}
+    if isinstance(source, str | os.PathLike):
+        text = os.fspath(source)
+        record["path"] = text if "://" in text else os.path.abspath(text)
+        if "://" not in text:
+            meta = [Path(text) / m for m in (".zmetadata", "zarr.json", ".zgroup")] + [Path(text)]
+            first = next(p for p in meta if p.exists()) if any(p.exists() for p in meta) else None
+            if first is not None:
+                record["modified_ns"] = first.stat().st_mtime_ns
+        source = open_cube(text)
+    record["sizes"] = {str(k): int(v) for k, v in sorted(source.sizes.items())}
+    record["variables"] = sorted(str(k) for k in source.data_vars)
+    record["coords"] = {
+        str(name): _hash_values(coord.values)
+        for name, coord in sorted(source.coords.items(), key=lambda kv: str(kv[0]))
+        if coord.ndim == 1
+    }
+    return record
+
+
+def _provenance(ds: xr.Dataset, source: Any, zarr_format: int) -> dict[str, Any]:
+    """Everything that must be equal for a partial store to be continued: the result and its input."""
+    attrs = {str(k): _jsonable(v) for k, v in sorted(ds.attrs.items()) if not str(k).startswith("xrecon_write")}
+    variables = {
+        str(name): {"dims": list(map(str, var.dims)), "dtype": var.dtype.str, "shape": list(var.shape)}
+        for name, var in sorted(ds.variables.items(), key=lambda kv: str(kv[0]))
+    }
+    coords = {
+        str(name): _hash_values(var.values)
+        for name, var in sorted(ds.coords.items(), key=lambda kv: str(kv[0]))
+        if not _is_dask(var)
+    }
+    return {
+        "attrs": attrs,
+        "variables": variables,
+        "coords": coords,
+        "source": source_fingerprint(source),
+        "zarr_format": zarr_format,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _fingerprint(provenance: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_dask(var: xr.Variable) -> bool:
+    return var.chunks is not None
+
+
+# -- the lock ------------------------------------------------------------------------------------------
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of a process (Linux), to tell a reused pid from the writer."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: Mapping[str, Any]) -> bool:
+    """Whether the lock's holder runs (on another host: assumed so, it cannot be checked from here)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("started")
+    return started is None or _proc_start(pid) in (None, started)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return True
+
+
+def _describe(holder: Mapping[str, Any]) -> str:
+    if not holder:
+        return "an unreadable lock (being created?)"
+    return f"pid {holder.get('pid')} on host {holder.get('host')!r} since {holder.get('time')}"
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[dict[str, Any]]:
+    """Hold ``.OUT.xrecon-lock`` for the block; refuse if a live writer holds it, take over a dead one's."""
+    lock = target.with_name(f".{target.name}.{LOCK_SUFFIX}")
+    pid = os.getpid()
+    mine = {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "started": _proc_start(pid),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "token": uuid.uuid4().hex,
+        "path": str(target),
+    }
+    for _ in range(3):
+        if _create_exclusive(lock, json.dumps(mine)):
+            break
+        holder = _read_json(lock)
+        if holder is None:  # released meanwhile
+            continue
+        if holder == {}:  # being written this very moment, or garbage: look again shortly
+            time.sleep(0.2)
+            holder = _read_json(lock)
+            if holder is None:
+                continue
+        if holder and _alive(holder) or holder == {} and _lock_age(lock) < _STALE_BREAK_S:
+            raise OutputLockedError(
+                f"output {str(target)!r} is being written by {_describe(holder)} (lock {str(lock)!r}); "
+                "wait for it to finish, or remove the lock file if that process is gone"
+            )
+        _break_stale(lock, holder)
+    else:
+        raise OutputLockedError(f"output {str(target)!r}: could not take the lock {str(lock)!r}; try again")
+    try:
+        yield mine
+    finally:
+        if (_read_json(lock) or {}).get("token") == mine["token"]:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
+def _lock_age(lock: Path) -> float:
+    try:
+        return time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _break_stale(lock: Path, seen: Mapping[str, Any]) -> None:
+    """Remove a dead writer's lock, once: one process at a time, and only the lock that was seen dead."""
+    breaker = lock.with_name(lock.name + ".break")
+    if not _create_exclusive(breaker, str(os.getpid())):
+        if _lock_age(breaker) > _STALE_BREAK_S:
+            with contextlib.suppress(FileNotFoundError):
+                breaker.unlink()
+        time.sleep(0.1)
+        return
+    try:
+        if _read_json(lock) == seen:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+    finally:
+        breaker.unlink()
+
+
+# -- renames -------------------------------------------------------------------------------------------
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """``src`` to ``dst``, failing with FileExistsError if ``dst`` exists (even an empty folder)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST or err == errno.ENOTEMPTY:
+            raise FileExistsError(err, os.strerror(err), str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src))
+    if os.path.lexists(dst):  # a filesystem without renameat2: check, then rename
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+# -- the write -----------------------------------------------------------------------------------------
 
 
 def write_zarr(
@@ -52,23 +344,46 @@ def write_zarr(
     path: str | os.PathLike,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
+    source: Any = None,
     **to_zarr_kwargs: Any,
 ) -> Path | str:
-    """Compute and write a dataset to Zarr, all or nothing.
+    """Compute and write a dataset to Zarr, all or nothing, never over what xrecon did not write.
 
-    A local store is written to a temporary sibling directory and moved into place only when
-    complete, so a failure never leaves a half-written store and never touches an existing one.
+    A local store is claimed with a lock file beside it, written spatial chunk by spatial chunk into a
+    hidden sibling folder and moved into place only when complete: a failure never leaves a store
+    that opens as complete, and never touches an existing one.
 
     Parameters
     ----------
     ds : xarray.Dataset
     path : str or path-like
-        The store. Remote URLs (``s3://...``) are written directly, refusing to overwrite unless asked.
+        The store. Remote URLs (``s3://...``) are written directly, refusing to overwrite unless asked
+        (no lock, no resume).
     overwrite : bool
         Replace an existing store (only after the new one is complete).
+    resume : bool
+        Continue an interrupted write of the same computation (same provenance: the result's attrs,
+        variables and coordinates, and ``source``), writing only the chunks not yet written; a partial
+        write of another computation is refused (:class:`ResumeMismatchError`). A write started with
+        ``resume=True`` keeps its partial store when it fails, so that it can be continued.
     progress : bool
         Show a progress bar while computing.
+    source : path, Dataset or mapping, optional
+        The input of the computation, recorded and compared on resume (see :func:`source_fingerprint`).
+    **to_zarr_kwargs
+        Passed to :meth:`xarray.Dataset.to_zarr`; ``zarr_format`` is 2 unless given, ``consolidated``
+        is True for format 2 and False for format 3 (consolidated metadata is not part of its spec).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists (or appeared during the write) and ``overwrite`` is False.
+    OutputLockedError
+        Another live process is writing ``path``.
+    ResumeMismatchError
+        ``resume=True`` and the interrupted write at ``path`` is of another computation.
 
     Examples
     --------
@@ -78,36 +393,274 @@ def write_zarr(
     >>> xr.open_zarr(target).a.values.tolist()
     [0, 1, 2]
     """
-    ds = _clean_encoding(ds)
-    # Zarr format 2 unless asked otherwise: what most Pangeo tools read today, and fixed-width band
-    # names and consolidated metadata are part of its specification.
-    to_zarr_kwargs.setdefault("zarr_format", 2)
+    # Zarr format 2 unless asked otherwise: what most Pangeo tools read today.
+    zarr_format = int(to_zarr_kwargs.pop("zarr_format", None) or 2)
+    to_zarr_kwargs.setdefault("consolidated", zarr_format == 2)
+    for key in ("mode", "region", "compute", "append_dim"):
+        if key in to_zarr_kwargs:
+            raise XreconError(f"write_zarr chooses {key}= itself; got {key}={to_zarr_kwargs[key]!r}")
+    ds = _clean_encoding(ds, zarr_format)
     text = os.fspath(path)
+    if not text:
+        raise XreconError("output path is empty; expected a path to a Zarr store")
     ctx = _progress() if progress else contextlib.nullcontext()
     if "://" in text:
+        if resume:
+            raise XreconError(f"resume is for local paths; got {text!r}")
         with ctx:
-            ds.to_zarr(text, mode="w" if overwrite else "w-", **to_zarr_kwargs)
+            ds.to_zarr(text, mode="w" if overwrite else "w-", zarr_format=zarr_format, **to_zarr_kwargs)
         return text
 
     target = Path(text).absolute()
-    if target.exists() and not overwrite:
+    if target.exists() and not (overwrite or resume):
         raise OutputExistsError(f"output {text!r} exists; expected a new path (or pass overwrite=True)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    provenance = _provenance(ds, source, zarr_format)
+    fingerprint = _fingerprint(provenance)
+    with _locked(target):
+        _recover_swap(target)
+        if target.exists():
+            if resume and _store_fingerprint(target) == fingerprint and not overwrite:
+                return target  # written completely by an earlier run of the same computation
+            if not overwrite:
+                raise OutputExistsError(
+                    f"output {text!r} exists and is not the result of this computation; expected a new "
+                    "path (or pass overwrite=True)"
+                )
+        work = target.with_name(f".{target.name}.{PARTIAL_SUFFIX}")
+        done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
+        ds = ds.assign_attrs(xrecon_write_fingerprint=fingerprint)
+        if provenance["source"]:
+            ds = ds.assign_attrs(xrecon_write_source=json.dumps(provenance["source"], sort_keys=True, default=str))
+        try:
+            with ctx:
+                _write_regions(ds, work, done, zarr_format, to_zarr_kwargs)
+            _swap_in(work / "data.zarr", target, overwrite=overwrite)
+        except BaseException:
+            _cancel_and_wait(work)
+            if not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _store_fingerprint(target: Path) -> str | None:
     try:
-        with ctx:
-            ds.to_zarr(tmp, mode="w-", **to_zarr_kwargs)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-        os.replace(tmp, target)
+        with xr.open_zarr(target, consolidated=_has_consolidated(target)) as existing:
+            return existing.attrs.get("xrecon_write_fingerprint")
+    except Exception:  # noqa: BLE001  (anything that does not open is not ours)
+        return None
+
+
+def _recover_swap(target: Path) -> None:
+    """A replacement killed between its two renames: put the old store back; after them: drop the old."""
+    old = target.with_name(f".{target.name}.{OLD_SUFFIX}")
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(target):
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, target)
-    return target
+        os.rename(old, target)
+
+
+def _open_partial(work: Path, provenance: dict[str, Any], fingerprint: str, *, resume: bool,
+                  target: Path) -> set[str]:
+    """The partial folder to write into, and the chunks it already holds (only when resuming)."""
+    if os.path.lexists(work):
+        if not work.is_dir() or (_read_json(work / _RECORD) is None and any(work.iterdir())):
+            raise XreconError(
+                f"{str(work)!r} is in the way of the write of {str(target)!r} and was not made by xrecon; "
+                "move it away"
+            )
+        record = _read_json(work / _RECORD) or {}
+        if resume and record.get("fingerprint") not in (None, fingerprint):
+            changed = _differences(record.get("provenance", {}), provenance)
+            raise ResumeMismatchError(
+                f"cannot resume {str(target)!r}: the interrupted write there is of another computation "
+                f"(it differs in {', '.join(changed) or 'provenance'}); run without resume (--resume) to "
+                "start again, which removes it"
+            )
+        if resume and record.get("fingerprint") == fingerprint and (work / "init.done").exists():
+            (work / "active").mkdir(exist_ok=True)
+            return {p.name for p in (work / "done").iterdir()}
+        shutil.rmtree(work)  # a dead writer's partial store (we hold the lock): start again
+    work.mkdir()
+    (work / _RECORD).write_text(json.dumps({"fingerprint": fingerprint, "provenance": provenance},
+                                           sort_keys=True, indent=1, default=str))
+    (work / "done").mkdir()
+    (work / "active").mkdir()
+    return set()
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [f"{key}.{sub}" for sub in _differences(a, b)]
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(key)
+    return out
+
+
+def _uniform(chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Zarr chunks: all equal but the last, which may be smaller."""
+    size, total = chunks[0], sum(chunks)
+    if all(c == size for c in chunks[:-1]) and chunks[-1] <= size:
+        return tuple(chunks)
+    return (size,) * (total // size) + ((total % size,) if total % size else ())
+
+
+def _grid(ds: xr.Dataset) -> dict[str, tuple[int, ...]]:
+    """The spatial chunks of the write: the first chunked variable's, made uniform."""
+    grid: dict[str, tuple[int, ...]] = {}
+    for dim in ("y", "x"):
+        if dim not in ds.dims:
+            continue
+        for var in ds.variables.values():
+            if dim in var.dims and _is_dask(var):
+                grid[dim] = _uniform(var.chunks[var.dims.index(dim)])
+                break
+        else:
+            grid[dim] = (ds.sizes[dim],)
+    return grid
+
+
+def _write_regions(ds: xr.Dataset, work: Path, done: set[str], zarr_format: int,
+                   to_zarr_kwargs: Mapping[str, Any]) -> None:
+    """Initialise the store's metadata, then write each spatial chunk not yet done and record it."""
+    import dask
+
+    grid = _grid(ds)
+    spatial = [name for name, var in ds.variables.items() if set(var.dims) & set(grid)]
+    index = [d for d in grid if d in ds.indexes]
+    chunked = ds.copy()
+    for name, var in ds.variables.items():  # without y/x: small, and written with the metadata
+        if name not in spatial and _is_dask(var):
+            var = var.compute()
+            chunked = chunked.assign_coords({name: var}) if name in ds.coords else chunked.assign({name: var})
+    for name in spatial:
+        if name in index:
+            continue
+        var = ds.variables[name]
+        var = var.chunk({d: (grid[d] if d in grid else -1) for d in var.dims})
+        chunked = chunked.assign_coords({name: var}) if name in ds.coords else chunked.assign({name: var})
+    store = work / "data.zarr"
+    if not (work / "init.done").exists():
+        shutil.rmtree(store, ignore_errors=True)
+        # numpy-backed variables (the indexes, time, band, the CRS) are written now, the chunked ones not
+        chunked.to_zarr(store, mode="w-", compute=False, zarr_format=zarr_format, **to_zarr_kwargs)
+        (work / "init.done").write_text("")
+    writes = []
+    names = [n for n in spatial if n not in index]
+    dims = {n: ds.variables[n].dims for n in names}
+    starts = {d: np.cumsum((0, *grid[d])).tolist() for d in grid}
+    ny, nx = len(grid.get("y", (0,))), len(grid.get("x", (0,)))
+    for i in range(ny):
+        for j in range(nx):
+            key = f"{i}.{j}"
+            if key in done or not names:
+                continue
+            region = {}
+            if "y" in grid:
+                region["y"] = slice(starts["y"][i], starts["y"][i + 1])
+            if "x" in grid:
+                region["x"] = slice(starts["x"][j], starts["x"][j + 1])
+            blocks = {n: chunked.variables[n].isel({d: s for d, s in region.items() if d in dims[n]}).data
+                      for n in names}
+            writes.append(dask.delayed(_write_region, pure=False)(
+                str(work), key, (i, j), region, dims, blocks, zarr_format,
+            ))
+    if writes:
+        dask.compute(*writes)
+    missing = [f"{i}.{j}" for i in range(ny) for j in range(nx) if not (work / "done" / f"{i}.{j}").exists()]
+    if names and missing:
+        raise XreconError(f"write of {str(store)!r} ended without chunks {missing[:5]}; run again with resume")
+
+
+def _write_region(work: str, key: str, ij: tuple[int, int], region: dict[str, slice],
+                  dims: Mapping[str, tuple], blocks: Mapping[str, np.ndarray], zarr_format: int) -> None:
+    """One task: write one spatial chunk of every variable with a region write, then record it."""
+    folder = Path(work)
+    active = folder / "active" / f"{key}.{os.getpid()}"
+    # first say we are writing, then look whether the write was called off: a cleaner that calls it off
+    # waits for every chunk that said so first, and every later one sees the call-off
+    try:
+        active.touch(exist_ok=False)
+    except FileNotFoundError:
+        return  # the partial folder is gone: the write was called off and cleaned
+    try:
+        if (folder / "cancelled").exists():
+            return
+        part = xr.Dataset({n: (dims[n], np.asarray(b)) for n, b in blocks.items()})
+        region = {d: s for d, s in region.items() if d in part.dims}
+        part.to_zarr(folder / "data.zarr", mode="r+", region=region, zarr_format=zarr_format, consolidated=False)
+        (folder / "done" / key).touch()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            active.unlink()
+    if _REGION_HOOK is not None:
+        _REGION_HOOK(*ij)
+
+
+def _cancel_and_wait(work: Path) -> None:
+    """Call off a failed write and wait for the chunk writes still running (dask threads, processes)."""
+    if not work.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        (work / "cancelled").touch()
+    deadline = time.monotonic() + _CLEANUP_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            running = [p for p in (work / "active").iterdir() if _pid_of(p) is None or _pid_alive(_pid_of(p))]
+        except FileNotFoundError:
+            return
+        if not running:
+            break
+        time.sleep(0.02)
+    with contextlib.suppress(FileNotFoundError):
+        (work / "cancelled").unlink()
+
+
+def _pid_of(marker: Path) -> int | None:
+    tail = marker.name.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(store: Path, target: Path, *, overwrite: bool) -> None:
+    """Move the complete store to ``target``: never over something, unless ``overwrite`` (then last)."""
+    try:
+        _rename_noreplace(store, target)
+        return
+    except FileExistsError:
+        if not overwrite:
+            raise OutputExistsError(
+                f"output {str(target)!r} appeared while the result was being written, and was left as it "
+                "is; expected a new path (or pass overwrite=True)"
+            ) from None
+    old = target.with_name(f".{target.name}.{OLD_SUFFIX}")
+    os.rename(target, old)
+    try:
+        _rename_noreplace(store, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _rename_noreplace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
