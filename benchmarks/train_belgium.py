@@ -99,7 +99,7 @@ def main() -> None:
     for name, sar in (("anytimeformer + SAR", "sar"), ("anytimeformer optical-only", None)):
         out = Path(args.out) / f"belgium-{'sar' if sar else 'optical'}.xrecon"
         t0 = time.perf_counter()
-        checkpoints[name] = train(area, out, model=args.preset, sar=sar, steps=args.steps, gaps=gaps,
+        checkpoints[name] = train(area, out, preset=args.preset, sar=sar, steps=args.steps, gaps=gaps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                   overwrite=True, validation_interval=max(1, args.steps // 20),
                                   checkpoint_interval=max(1, args.steps // 5), progress=sys.stderr.isatty())

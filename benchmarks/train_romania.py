@@ -107,7 +107,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device or 'default'}")
 
     t0 = time.perf_counter()
-    ckpt = train(area, args.out, model=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    ckpt = train(area, args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                  seed=args.seed, device=args.device, mask="clear", resume=args.resume, overwrite=not args.resume,
                  validation_interval=max(1, args.steps // 20), checkpoint_interval=max(1, args.steps // 10),
                  progress=sys.stderr.isatty())

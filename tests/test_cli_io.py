@@ -92,3 +92,37 @@ def test_cli_demo(tmp_path, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     filled = xr.open_zarr(tmp_path / "demo" / "filled.zarr")
     assert np.isfinite(filled.optical.values).all()
+
+
+def test_cli_fill_resume_and_second_writer(cube_path, tmp_path, capsys, monkeypatch):
+    import socket
+
+    from xrecon import io
+
+    out, clean = tmp_path / "out.zarr", tmp_path / "clean.zarr"
+    args = ["fill", str(cube_path), str(out), "--method", "harmonic", "--scheduler", "synchronous", "--quiet"]
+    assert main(["fill", str(cube_path), str(clean), "--method", "harmonic", "--quiet"]) == 0
+    calls = []
+
+    def killed(i, j):
+        calls.append((i, j))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "_REGION_HOOK", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--resume"])
+    assert not out.exists()
+    monkeypatch.setattr(io, "_REGION_HOOK", None)
+    # a live writer holds OUT: refused with a one-line message naming it
+    lock = tmp_path / ".out.zarr.xrecon-lock"
+    lock.write_text(f'{{"pid": 1, "host": "{socket.gethostname()}x", "time": "now"}}')
+    assert main([*args, "--resume"]) == 2
+    assert "being written by pid 1" in capsys.readouterr().err
+    lock.unlink()
+    assert main([*args, "--method", "linear", "--resume"]) == 2
+    assert "another computation" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    np.testing.assert_array_equal(xr.open_zarr(out).optical.values, xr.open_zarr(clean).optical.values)
+    assert xr.open_zarr(out).attrs == xr.open_zarr(clean).attrs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.zarr", "out.zarr"]

@@ -19,7 +19,7 @@ from xrecon.training import TrainConfig, compute_stats, train, training_files
 from xrecon.training.trainer import _lr_at
 
 # A network small enough to train in seconds on one core.
-TINY = dict(model="small", d_model=32, d_inner=32, d_k=8, d_v=8, fusion_rank=2, dropout=0.0)
+TINY = dict(preset="small", d_model=32, d_inner=32, d_k=8, d_v=8, fusion_rank=2, dropout=0.0)
 QUICK = dict(TINY, batch_size=32, block=8, validation_fraction=0.25, validation_interval=4, log_interval=2,
              checkpoint_interval=4, lr=3e-3, warmup=2, progress=False, mask="clear")
 
@@ -250,3 +250,197 @@ def test_anytime_training_adds_total_variation(tmp_path):
     assert all(float(r["tv"]) > 0 for r in rows)
     terms = [float(rows[-1][k]) for k in ("loss", "imputation", "reconstruction", "tv")]
     assert terms[0] == pytest.approx(terms[1] + terms[2] + 0.01 * terms[3], rel=1e-4)
+
+
+# -- time budget, presets, honest checkpoints -----------------------------------------------------
+
+
+class FakeClock:
+    """The trainer's clock (trainer._now), advanced by a fixed amount per optimizer step and per validation."""
+
+    def __init__(self, monkeypatch, step: float, validation: float, slow_after: int | None = None,
+                 slow_step: float = 0.0) -> None:
+        from xrecon.training import trainer
+        from xrecon.training.tasks import AnytimeFormerTask
+
+        self.t, self.steps = 0.0, 0
+        real_loss, real_validate = AnytimeFormerTask.loss, AnytimeFormerTask.validate
+
+        def loss(task, *args, **kwargs):
+            self.t += slow_step if slow_after is not None and self.steps >= slow_after else step
+            self.steps += 1
+            return real_loss(task, *args, **kwargs)
+
+        def validate(task, *args, **kwargs):
+            self.t += validation
+            return real_validate(task, *args, **kwargs)
+
+        monkeypatch.setattr(trainer, "_now", lambda: self.t)
+        monkeypatch.setattr(AnytimeFormerTask, "loss", loss)
+        monkeypatch.setattr(AnytimeFormerTask, "validate", validate)
+
+
+def test_time_budget_plans_the_steps_and_completes_the_schedule(tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch, step=0.5, validation=2.0)
+    best = train(small_cube(), tmp_path / "m.xrecon", time_budget="30s", seed=0, **QUICK)
+    # The step-0 validation (2 s), then a probe of warmup + 1 = 3 steps (0.5 s each, the first not
+    # timed) at 3.5 s: 26.5 s left; a step costs 0.5 s and a validation every 4 steps 2 s, so 1 s a
+    # step; with the end's validation (2 s) and 5 % margin: floor(26.5 * 0.95 - 2) = 23 more steps.
+    meta = xrecon.models.load(best, device="cpu").metadata["training"]
+    plan = meta["time_budget"]
+    assert plan["planned"] == 26 and plan["probe_steps"] == 3 and plan["seconds"] == 30
+    assert plan["step_seconds"] == pytest.approx(0.5) and plan["validation_seconds"] == pytest.approx(2.0)
+    assert meta["steps"] == meta["config"]["steps"] == 26 == clock.steps
+    assert 0.8 * 30 <= clock.t <= 30  # 2 + 26 * 0.5 + 7 validations of 2 s = 29 s
+    rows = log_rows(training_files(best)[2])
+    assert int(rows[-1]["step"]) == 26
+    assert float(rows[-1]["lr"]) == pytest.approx(QUICK["lr"] * 0.1, rel=1e-6)  # the cosine's floor: completed
+
+    # steps= with a budget is a maximum
+    train(small_cube(), tmp_path / "capped.xrecon", time_budget=30, steps=12, seed=0, **QUICK)
+    capped = xrecon.models.load(tmp_path / "capped.xrecon", device="cpu").metadata["training"]
+    assert capped["steps"] == 12 and capped["time_budget"]["planned"] == 12
+    assert float(log_rows(training_files(tmp_path / "capped.xrecon")[2])[-1]["lr"]) == pytest.approx(3e-4, rel=1e-6)
+
+
+def test_resumed_budgeted_run_keeps_its_planned_steps(tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch, step=0.5, validation=2.0)
+    out = tmp_path / "m.xrecon"
+    train(small_cube(), out, time_budget="30s", seed=0, callback=lambda row: row["step"] == 8, **QUICK)
+    assert xrecon.models.load(training_files(out)[1], device="cpu").metadata["resume"]["step"] == 8
+    clock.t = 1000.0  # another session, a slower machine: the plan is kept all the same
+    monkeypatch.setattr(clock, "steps", 0)
+    train(small_cube(), out, time_budget="30s", seed=0, resume=True, **QUICK)
+    meta = xrecon.models.load(out, device="cpu").metadata["training"]
+    assert meta["steps"] == 26 and meta["time_budget"]["planned"] == 26 and clock.steps == 18
+    assert [int(r["step"]) for r in log_rows(training_files(out)[2])][-2:] == [24, 26]
+    with pytest.raises(XreconError, match="time budget"):
+        train(small_cube(), out, time_budget="1min", seed=0, resume=True, **QUICK)
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5s", 0, -1, float("nan"), True, "NaT", [60]])
+def test_bad_time_budgets_are_refused(tmp_path, bad):
+    with pytest.raises(XreconError, match="time_budget"):
+        train(small_cube(), tmp_path / "m.xrecon", time_budget=bad, **QUICK)
+    assert not training_files(tmp_path / "m.xrecon")[1].exists()
+
+
+def test_time_budget_strings():
+    from xrecon.training.trainer import parse_time_budget
+
+    assert parse_time_budget("10min") == 600 and parse_time_budget("90s") == 90 and parse_time_budget("1h") == 3600
+    assert parse_time_budget(" 45 ") == 45 and parse_time_budget(1.5) == 1.5 and parse_time_budget(None) is None
+
+
+def test_preset_is_the_name_in_python_and_on_the_command_line(tmp_path, capsys):
+    ds = small_cube()
+    opts = {k: v for k, v in QUICK.items() if k != "preset"}
+    a = train(ds, tmp_path / "a.xrecon", preset="small", steps=2, seed=0, **opts)
+    with pytest.warns(FutureWarning, match="preset"):
+        b = train(ds, tmp_path / "b.xrecon", model="small", steps=2, seed=0, **opts)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.warns(FutureWarning), pytest.raises(XreconError, match="not both"):
+        train(ds, tmp_path / "c.xrecon", preset="small", model="small", steps=2, **opts)
+    with pytest.raises(MethodError, match="preset='tiny'.*'official', 'optical-only', 'small'") as err:
+        train(ds, tmp_path / "c.xrecon", preset="tiny", steps=2, **opts)
+    assert "d_model" not in str(err.value)  # the presets, not a list of every option
+
+    # the CLI's --preset small is Python's preset="small": same architecture, same weights
+    path = tmp_path / "cube.zarr"
+    ds.drop_vars(["truth", "landcover", "field"]).to_zarr(path)
+    cli = tmp_path / "cli.xrecon"
+    args = ["train", str(path), str(cli), "--preset", "small", "--steps", "2", "--seed", "0", "--mask", "clear",
+            "--device", "cpu", "--quiet", "--batch-size", "32", "--validation-fraction", "0.25"]
+    args += [f"--option={k}={v}" for k, v in opts.items() if k not in ("progress", "mask", "batch_size",
+                                                                      "validation_fraction")]
+    assert main(args) == 0
+    wc = weights(cli)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helptext = capsys.readouterr().out
+    assert all(name in helptext for name in ("official", "optical-only", "small")) and "--time-budget" in helptext
+
+
+def test_no_best_checkpoint_before_the_first_validation(tmp_path):
+    ds = small_cube()
+    out = tmp_path / "m.xrecon"
+    best_path, last_path, log_path = training_files(out)
+    seen = []
+
+    def die(row):
+        seen.append((row["step"], best_path.exists()))
+        raise KeyboardInterrupt  # killed at step 2, before the first validation (step 4)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(ds, out, steps=8, seed=0, callback=die, **QUICK)
+    assert seen == [(2, False)] and not best_path.exists() and last_path.is_file()
+    rows = log_rows(log_path)
+    assert rows[0]["step"] == "0" and rows[0]["val_loss"] and rows[0]["best_step"] == ""  # a baseline only
+
+    # its files are ours and trained nothing (last checkpoint at step 0): a rerun replaces them
+    train(ds, out, steps=8, seed=0, **QUICK)
+    meta = xrecon.models.load(out, device="cpu").metadata["training"]
+    assert meta["best_step"] in (4, 8) and meta["best_val_loss"] == pytest.approx(min(
+        float(r["val_loss"]) for r in log_rows(log_path) if r["val_loss"] and r["step"] != "0"), rel=1e-5)
+    rows = [r for r in log_rows(log_path) if r["val_loss"]]
+    assert [r["step"] for r in rows] == ["0", "4", "8"] and rows[-1]["best_step"] == str(meta["best_step"])
+
+    # a run stopped after training steps but before a best exists: resumed, not replaced
+    other = tmp_path / "o.xrecon"
+    train(ds, other, steps=8, seed=0, callback=lambda row: row["step"] == 2, **QUICK)
+    assert not other.exists() and training_files(other)[1].is_file()
+    with pytest.raises(OutputExistsError):
+        train(ds, other, steps=8, seed=0, **QUICK)
+    train(ds, other, steps=8, seed=0, resume=True, **QUICK)
+    assert xrecon.models.load(other, device="cpu").metadata["training"]["best_step"] in (4, 8)
+
+
+def test_budgeted_run_killed_in_its_probe_plans_when_resumed(tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch, step=0.5, validation=2.0)
+    out = tmp_path / "m.xrecon"
+
+    def die(row):
+        raise KeyboardInterrupt  # at step 2, inside the probe (3 steps): nothing planned, nothing saved after step 0
+
+    with pytest.raises(KeyboardInterrupt):
+        train(small_cube(), out, time_budget="30s", seed=0, callback=die, **QUICK)
+    state = xrecon.models.load(training_files(out)[1], device="cpu").metadata["resume"]
+    assert state["step"] == 0 and state["time_budget"]["planned"] is None and not out.exists()
+    clock.t = 0.0
+    train(small_cube(), out, time_budget="30s", seed=0, resume=True, **QUICK)
+    plan = xrecon.models.load(out, device="cpu").metadata["training"]["time_budget"]
+    # no step-0 validation in this session: 1.5 s of probe, 28.5 s left: floor(28.5 * 0.95 - 2) = 25 more
+    assert plan["planned"] == 28 and plan["probe_steps"] == 3
+    assert float(log_rows(training_files(out)[2])[-1]["lr"]) == pytest.approx(3e-4, rel=1e-6)
+
+
+def test_cli_time_budget(tmp_path, capsys, monkeypatch):
+    FakeClock(monkeypatch, step=0.5, validation=2.0)
+    ds = small_cube().drop_vars(["truth", "landcover", "field"])
+    path = tmp_path / "cube.zarr"
+    ds.to_zarr(path)
+    out = tmp_path / "cli.xrecon"
+    args = ["train", str(path), str(out), "--preset", "small", "--batch-size", "32", "--seed", "0", "--mask", "clear",
+            "--validation-fraction", "0.25", "--device", "cpu", "--quiet"]
+    for option in ("d_model=32", "d_inner=32", "block=8", "warmup=2", "validation_interval=4", "checkpoint_interval=4",
+                   "log_interval=2"):
+        args += ["--option", option]
+    assert main([*args, "--time-budget", "soon"]) == 2
+    assert "time_budget" in capsys.readouterr().err and not training_files(out)[1].exists()
+    assert main([*args, "--time-budget", "30s"]) == 0
+    plan = xrecon.models.load(out, device="cpu").metadata["training"]["time_budget"]
+    assert plan["seconds"] == 30 and plan["planned"] > plan["probe_steps"] == 3
+
+
+def test_time_budget_corrects_its_plan_when_the_machine_slows_down(tmp_path, monkeypatch):
+    # 0.5 s a step in the probe, then 1 s from the 10th step on (another job took the core)
+    clock = FakeClock(monkeypatch, step=0.5, validation=2.0, slow_after=10, slow_step=1.0)
+    best = train(small_cube(), tmp_path / "m.xrecon", time_budget="60s", seed=0, **QUICK)
+    plan = xrecon.models.load(best, device="cpu").metadata["training"]["time_budget"]
+    first = plan["replans"][0]
+    assert plan["probe_steps"] == 3 and first[1] < 54  # 54 planned after the probe, fewer once the rate drifted
+    assert clock.steps == plan["planned"] == plan["replans"][-1][1]
+    assert 0.8 * 60 <= clock.t <= 60 * 1.02
+    assert float(log_rows(training_files(best)[2])[-1]["lr"]) == pytest.approx(3e-4, rel=1e-6)

@@ -134,12 +134,12 @@ class ReconAccessor:
         """Train a network on this cube (self-supervised) and return the best checkpoint's path.
 
         ``ds.recon.fill(method=method, checkpoint=path)`` then uses it. See :func:`xrecon.training.train`
-        for the options (``steps``, ``batch_size``, ``seed``, ``device``, ``validation_fraction``,
-        ``init``, ``model``, ``resume``...).
+        for the options (``preset``, ``time_budget``, ``steps``, ``batch_size``, ``seed``, ``device``,
+        ``validation_fraction``, ``init``, ``resume``...).
 
         Examples
         --------
-        >>> ckpt = ds.recon.train(out="model.xrecon", model="small", steps=2000)  # doctest: +SKIP
+        >>> ckpt = ds.recon.train(out="model.xrecon", preset="small", time_budget="10min")  # doctest: +SKIP
         >>> filled = ds.recon.fill("5D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
         """
         from xrecon.training.trainer import train

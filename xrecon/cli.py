@@ -7,7 +7,8 @@ Examples
     xrecon fill IN.zarr OUT.zarr --method whittaker --query-times 2019-01-01/2019-12-31/5D
     xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
     xrecon evaluate IN.zarr --methods linear,whittaker --holdout 0.2 --by-gap
-    xrecon train IN.zarr model.xrecon --preset small --steps 2000 --mask clear
+    xrecon evaluate IN.zarr --methods linear,neighbors --gaps clouds --by-gap-size --mask clear
+    xrecon train IN.zarr model.xrecon --preset small --time-budget 10min --mask clear
     xrecon demo --out xrecon-demo
 """
 
@@ -77,7 +78,8 @@ def _cmd_fill(args: argparse.Namespace) -> int:
     if args.workers:
         scheduler["num_workers"] = args.workers
     with dask.config.set(**scheduler):
-        target = write_zarr(out, args.output, overwrite=args.overwrite, progress=not args.quiet)
+        target = write_zarr(out, args.output, overwrite=args.overwrite, resume=args.resume,
+                            progress=not args.quiet, source=args.input)
     print(f"wrote {target}: {dict(out.sizes)} with method={args.method}")
     return 0
 
@@ -98,6 +100,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         sar=args.sar,
         mask=args.mask,
         by_gap=args.by_gap,
+        gaps=args.gaps,
+        by_gap_size=args.by_gap_size,
     )
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(table.round(5).to_string(index=False))
@@ -122,8 +126,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best = ds.recon.train(
         method=args.method,
         out=args.output,
-        model=args.preset,
+        preset=args.preset,
         steps=args.steps,
+        time_budget=args.time_budget,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
@@ -140,6 +145,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _, last, log = training_files(best)
     print(f"wrote {best} (best), {last} (last, resumable) and {log}")
     return 0
+
+
+def _preset_help() -> str:
+    """``--preset``'s help: the presets of every trainable method's task (``TrainingTask.presets()``)."""
+    import xrecon.methods
+
+    parts = []
+    for name in xrecon.methods.trainable_methods():
+        task = xrecon.methods.get(name).training_task()()
+        listed = "; ".join(f"{p} ({d})" for p, d in task.presets().items())
+        if listed:
+            parts.append(f"{name}: {listed}; default {task.default_preset}")
+    return "architecture preset, the same name as train(preset=...) in Python. " + ". ".join(parts)
+
+
+class _TrainHelp(argparse.HelpFormatter):
+    """``xrecon train --help``: the presets are listed only when the help is shown (they import torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return _preset_help() if action.dest == "preset" else super()._get_help_string(action)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -185,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--scheduler", default=None, help="dask scheduler: threads | processes | synchronous")
     f.add_argument("--workers", type=int, default=None, help="dask workers")
     f.add_argument("--overwrite", action="store_true", help="replace OUTPUT once the new one is complete")
+    f.add_argument("--resume", action="store_true",
+                   help="continue an interrupted write of the same computation, writing only missing chunks")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fill)
 
@@ -197,16 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
     _add_cube_arguments(e)
     e.add_argument("--by-gap", action="store_true", help="also score by gap length")
+    e.add_argument("--gaps", default="pixels",
+                   help="shape of what is hidden: pixels (single pixel-dates, the default) | clouds (real cloud "
+                        "shapes from the cube's own masks, recommended) | N (N x N pixel blocks)")
+    e.add_argument("--by-gap-size", action="store_true",
+                   help="also score by gap size (distance in pixels to the nearest clear pixel of the date)")
     e.add_argument("--csv", default=None, help="also write the table to this CSV file")
     e.add_argument("--plot", default=None, help="also plot RMSE per band (and by gap) to this image file")
     e.set_defaults(func=_cmd_evaluate)
 
-    t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint")
+    t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint",
+                       formatter_class=_TrainHelp)
     t.add_argument("input", help="input cube: Zarr store or netCDF file")
     t.add_argument("output", help="best checkpoint; the last one and a CSV log are written beside it")
     t.add_argument("--method", default="anytimeformer", help=f"network to train: {', '.join(trainable_methods())}")
-    t.add_argument("--preset", default="official", help="architecture: official | small | optical-only")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
+    t.add_argument("--preset", default=None, help="architecture preset (listed by --help)")
+    t.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="train for about this long: seconds or e.g. 90s, 10min, 1h; the number of steps is fixed "
+                   "from the measured step rate so that the learning-rate schedule completes")
+    t.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default 2000); with --time-budget, at most this many")
     t.add_argument("--batch-size", type=int, default=None, help="pixels per step (default 256)")
     t.add_argument("--seed", type=int, default=None, help="seed of hold-out, data order, gaps, weights")
     t.add_argument("--device", default=None, help="torch device; default cuda if available")

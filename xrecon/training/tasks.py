@@ -49,8 +49,8 @@ class TrainingTask:
     A method is trainable when its registration names a subclass of this class
     (``training="module:Class"``). The trainer makes one instance per run and calls it in this order:
 
-    1. :meth:`options`: the architecture options ``train(**options)`` takes besides the
-       :class:`~xrecon.training.TrainConfig` fields.
+    1. :meth:`presets` (``train(preset=...)`` is checked against them) and :meth:`options`: the
+       architecture options ``train(**options)`` takes besides the :class:`~xrecon.training.TrainConfig` fields.
     2. :meth:`load_init` for ``init=`` and for resuming, then :meth:`architecture` (to refuse
        architecture options that differ from the loaded model's) and :meth:`check_model` (its bands
        against the cube's).
@@ -78,27 +78,37 @@ class TrainingTask:
         Names of the loss's parts that :meth:`loss` returns, in order: the log's columns after ``loss``.
     sample : str
         What one training sample is, for messages (e.g. ``"pixel-year"``).
+    default_preset : str or None
+        ``train(preset=None)``'s preset, one of :meth:`presets` (None for a task without presets).
     """
 
     name: ClassVar[str] = ""
     terms: ClassVar[tuple[str, ...]] = ()
     sample: ClassVar[str] = "sample"
+    default_preset: ClassVar[str | None] = None
 
     # -- the model -------------------------------------------------------------------------------
+    def presets(self) -> dict[str, str]:
+        """The named architectures ``train(preset=...)`` and ``xrecon train --preset`` accept: name ->
+        a short description (for ``--help``). A preset that is not a name (a config object) is the
+        task's to accept or refuse in :meth:`new_model`. The default: none."""
+        return {}
+
     def options(self) -> frozenset[str]:
         """Names of the architecture options ``train(**options)`` accepts (passed to :meth:`new_model`)."""
         raise NotImplementedError
 
-    def new_model(self, model: Any, architecture: Mapping[str, Any], bands: Sequence[str],
+    def new_model(self, preset: Any, architecture: Mapping[str, Any], bands: Sequence[str],
                   sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
         """A new, randomly initialised model for the cube's bands, normalized with ``stats``.
 
         Parameters
         ----------
-        model : Any
-            ``train``'s ``model=`` (a preset name or a config, as the method defines).
+        preset : Any
+            ``train``'s ``preset=`` (a name of :meth:`presets`, checked by the trainer, or a config,
+            as the method defines).
         architecture : mapping
-            The architecture options given (names from :meth:`options`); they override ``model``.
+            The architecture options given (names from :meth:`options`); they override ``preset``.
         bands, sar_bands : sequence of str
             The cube's optical and SAR bands; ``sar_bands`` None for a model without SAR.
         stats : NormStats
@@ -215,7 +225,7 @@ def _fit(cube_bands: Sequence[str] | None, model_bands: Sequence[str] | None, n:
 class AnytimeFormerTask(TrainingTask):
     """Training AnytimeFormer (Tang et al. 2025): pixel-years, hidden and kept observations, anytime TV.
 
-    - **Architecture**: ``model=`` is a preset of :data:`xrecon.models.anytimeformer.PRESETS` or an
+    - **Architecture**: ``preset=`` is a name of :data:`xrecon.models.anytimeformer.PRESETS` or an
       :class:`~xrecon.models.anytimeformer.AnytimeFormerConfig`; its fields other than the numbers
       of bands are the architecture options. The numbers of bands come from the cube.
     - **Samples**: a :class:`~xrecon.training.stream.PixelStream` of one pixel's calendar year
@@ -232,11 +242,14 @@ class AnytimeFormerTask(TrainingTask):
     >>> task = AnytimeFormerTask()
     >>> sorted(task.options())[:3]
     ['d_inner', 'd_k', 'd_model']
+    >>> task.presets()["small"]
+    'd_model 64, 2 blocks'
     """
 
     name = "anytimeformer"
     terms = ("imputation", "reconstruction", "tv")
     sample = "pixel-year"
+    default_preset = "official"
 
     def __init__(self) -> None:
         self._norm: dict[str, Any] | None = None
@@ -246,18 +259,28 @@ class AnytimeFormerTask(TrainingTask):
 
         return frozenset(f.name for f in dataclasses.fields(AnytimeFormerConfig)) - {"n_optical_bands", "n_sar_bands"}
 
-    def new_model(self, model: Any, architecture: Mapping[str, Any], bands: Sequence[str],
+    def presets(self) -> dict[str, str]:
+        from xrecon.models.anytimeformer import PRESETS
+
+        described = {}
+        for name, c in PRESETS.items():
+            text = f"d_model {c.d_model}, {c.n_groups * c.n_group_inner_layers} blocks"
+            text += ", optical only" if c.n_sar_bands == 0 else ""
+            described[name] = ("the authors' size: " + text) if name == "official" else text
+        return described
+
+    def new_model(self, preset: Any, architecture: Mapping[str, Any], bands: Sequence[str],
                   sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
         from xrecon.models.anytimeformer import PRESETS, AnytimeFormer, AnytimeFormerConfig
 
-        if isinstance(model, str):
-            if model not in PRESETS:
-                raise MethodError(f"model={model!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
-            base = PRESETS[model]
-        elif isinstance(model, AnytimeFormerConfig):
-            base = model
+        if isinstance(preset, str):
+            if preset not in PRESETS:
+                raise MethodError(f"preset={preset!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
+            base = PRESETS[preset]
+        elif isinstance(preset, AnytimeFormerConfig):
+            base = preset
         else:
-            raise MethodError(f"model must be a preset name or an AnytimeFormerConfig, got {type(model).__name__}")
+            raise MethodError(f"preset must be a preset name or an AnytimeFormerConfig, got {type(preset).__name__}")
         n_sar = len(sar_bands) if sar_bands is not None else 0
         config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands), n_sar_bands=n_sar)
         net = AnytimeFormer(config)

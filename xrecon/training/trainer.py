@@ -14,7 +14,8 @@ the method's training task, a :class:`~xrecon.training.tasks.TrainingTask` found
 Files written for ``out="model.xrecon"`` (see :func:`training_files`):
 
 ``model.xrecon``
-    The best model so far (lowest validation loss), an ordinary xrecon checkpoint for
+    The best model so far (lowest validation loss after step 0: the step-0 validation is a baseline,
+    so this file appears at the first validation after training has started), an ordinary xrecon checkpoint for
     ``ds.recon.fill(method="anytimeformer", checkpoint=...)``. Its ``metadata["training"]`` holds the
     provenance: settings, seed, steps, best and final validation loss, normalization statistics,
     validation blocks, timings, what it was initialised from.
@@ -25,16 +26,22 @@ Files written for ``out="model.xrecon"`` (see :func:`training_files`):
 ``model.log.csv``
     One row per ``log_interval`` steps (and per validation): step, epoch, learning rate, training
     loss and its parts (the task's ``terms``; AnytimeFormer: imputation, reconstruction, tv),
-    validation loss and RMSE, samples ("pixels") seen, seconds (see :func:`log_columns`).
+    validation loss and RMSE, the best step so far, samples ("pixels") seen, seconds (see :func:`log_columns`).
+
+With ``time_budget=`` the number of steps is planned from a short timed probe (see :func:`train`);
+every timing reads the module's clock ``_now``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import math
 import os
+import sys
 import time
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +61,17 @@ from xrecon.training.stats import NormStats, compute_stats
 from xrecon.training.stream import BlockStream
 from xrecon.training.tasks import TrainingTask
 
-__all__ = ["TrainConfig", "log_columns", "train", "training_files"]
+__all__ = ["TrainConfig", "log_columns", "parse_time_budget", "train", "training_files"]
 
 _VALIDATION_STREAM = 1  # the validation set's seed is (seed, this): never the training stream's
+
+#: The trainer's clock, in seconds: every timing (the time budget, the log's seconds, the provenance's
+#: training seconds) reads it, so that a test can replace it with a fake clock.
+_now = time.perf_counter
+
+_PROBE = 10  # steps timed before a time budget's plan (at most warm-up + 1: the schedule's length does not matter)
+_UNPLANNED = 10**9  # TrainConfig.steps of a budgeted run until its plan fixes them
+_BUDGET_SAFETY = 0.95  # plan for this share of the budget left after the probe (steps vary in cost)
 
 
 def _default_gaps() -> GapConfig:
@@ -228,10 +243,55 @@ def log_columns(terms: Sequence[str]) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> log_columns(("imputation", "reconstruction", "tv"))  # AnytimeFormer's
-    ('step', 'epoch', 'lr', 'loss', 'imputation', 'reconstruction', 'tv', 'val_loss', 'val_rmse', 'pixels', 'seconds')
+    >>> log_columns(("imputation", "reconstruction", "tv"))  # AnytimeFormer's  # doctest: +NORMALIZE_WHITESPACE
+    ('step', 'epoch', 'lr', 'loss', 'imputation', 'reconstruction', 'tv', 'val_loss', 'val_rmse', 'best_step',
+     'pixels', 'seconds')
+
+    ``best_step`` is given on validation rows: the step of the best model so far (what ``out`` holds),
+    empty at step 0, whose validation is a baseline and never the best.
     """
-    return ("step", "epoch", "lr", "loss", *terms, "val_loss", "val_rmse", "pixels", "seconds")
+    return ("step", "epoch", "lr", "loss", *terms, "val_loss", "val_rmse", "best_step", "pixels", "seconds")
+
+
+def parse_time_budget(budget: Any) -> float | None:
+    """A time budget in seconds: a number of seconds, a ``timedelta``, or a pandas-style string.
+
+    Examples
+    --------
+    >>> parse_time_budget("10min"), parse_time_budget("90s"), parse_time_budget("1h"), parse_time_budget(600)
+    (600.0, 90.0, 3600.0, 600.0)
+    >>> parse_time_budget("600")  # a bare number is seconds
+    600.0
+    >>> parse_time_budget("soon")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xrecon.errors.XreconError: time_budget='soon' is not a duration: give seconds (600) or a string like ...
+    """
+    if budget is None:
+        return None
+    bad = XreconError(f"time_budget={budget!r} is not a duration: give seconds (600) or a string like "
+                      "'10min', '90s', '1h'")
+    if isinstance(budget, bool):
+        raise bad
+    if isinstance(budget, int | float | np.integer | np.floating):
+        seconds = float(budget)
+    elif isinstance(budget, datetime.timedelta):  # pandas.Timedelta too
+        seconds = budget.total_seconds()
+    elif isinstance(budget, str):
+        import pandas as pd
+
+        try:
+            seconds = float(budget.strip())
+        except ValueError:
+            try:
+                seconds = pd.Timedelta(budget.strip()).total_seconds()
+            except (ValueError, TypeError):
+                raise bad from None
+    else:
+        raise bad
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise XreconError(f"time_budget={budget!r} must be a positive, finite duration")
+    return seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +364,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / (cfg.warmup + 1)
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    # The last step (steps - 1) is at the floor: a schedule that ran to its end reached it.
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
@@ -372,6 +433,28 @@ class _Progress:
         return cls(step=int(state["step"]), best=float(state["best"]), best_step=state["best_step"],
                    last_val=tuple(state["last_val"]), pixels=int(state["pixels"]),
                    train_seconds=float(state["train_seconds"]))
+
+
+@dataclass
+class _Budget:
+    """A time budget and its plan: what the probe measured and the steps it allows (saved for resuming)."""
+
+    seconds: float
+    max_steps: int | None = None  # steps= given with the budget: at most these
+    fit_warmup: bool = False  # no warmup= given: the warm-up is a tenth of the planned steps, at most TrainConfig's
+    planned: int | None = None  # the schedule's length, once the probe has measured the step rate
+    probe_steps: int | None = None
+    step_seconds: float | None = None  # a training step (reading its batch included)
+    validation_seconds: float | None = None  # a validation (at step 0)
+    checkpoint_seconds: float | None = None  # saving a checkpoint (at step 0)
+    replans: list[list[int]] = field(default_factory=list)  # [step, steps]: corrections when the rate drifted
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Budget:
+        return cls(**{k: ([list(r) for r in v] if k == "replans" else v) for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -457,7 +540,7 @@ def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: 
             raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
                               "(start a new run in another file to change them)")
         return dataclasses.replace(saved, steps=cfg.steps if "steps" in explicit else saved.steps), model_obj, state
-    if not overwrite and (best_path.exists() or last_path.exists()):
+    if not overwrite and (best_path.exists() or last_path.exists()) and not _untrained(best_path, last_path, task):
         raise OutputExistsError(f"{os.fspath(best_path)!r} or its last checkpoint exists; pass resume=True to "
                                 "continue that run or overwrite=True to start again")
     if init is None:
@@ -467,6 +550,42 @@ def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: 
     if changed:
         raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
     return cfg, model_obj, None
+
+
+def _untrained(best_path: Path, last_path: Path, task: TrainingTask) -> bool:
+    """True when the files are those of a run that trained nothing: no best checkpoint, and a last
+    checkpoint of this trainer (with a resume state) at step 0. A rerun may replace them without
+    ``overwrite``: nothing would be lost."""
+    if best_path.exists() or not last_path.is_file():
+        return False
+    try:
+        state = task.load_init(last_path).metadata.get("resume")
+    except Exception:  # not a checkpoint of ours: leave it alone
+        return False
+    return isinstance(state, dict) and state.get("step") == 0
+
+
+def _budget_to_run(budget: float | None, max_steps: int | None, cfg: TrainConfig, state: Mapping[str, Any] | None,
+                   fit_warmup: bool = False) -> tuple[TrainConfig, _Budget | None]:
+    """(settings, plan) of a time budget: a new plan, or on resume the saved one (its planned steps are kept)."""
+    if state is None:
+        if budget is None:
+            return cfg, None
+        steps = _UNPLANNED if max_steps is None else max_steps
+        return dataclasses.replace(cfg, steps=steps), _Budget(budget, max_steps, fit_warmup=fit_warmup)
+    saved = state.get("time_budget")
+    if saved is None:
+        if budget is not None:
+            raise XreconError("resume continues with the saved settings: that run has no time budget (it trains for "
+                              "its steps; steps= may be raised); start a new run in another file for a budget")
+        return cfg, None
+    plan = _Budget.from_dict(saved)
+    if budget is not None and budget != plan.seconds:
+        raise XreconError(f"resume keeps the saved time budget ({plan.seconds:g} s) and its plan; time_budget="
+                          f"{budget:g} s differs (steps= without time_budget may be raised to train longer)")
+    if plan.planned is None and budget is None and cfg.steps != _UNPLANNED and cfg.steps != plan.max_steps:
+        plan.planned = cfg.steps  # steps= given on resume before the probe had planned: they win
+    return cfg, plan
 
 
 def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: XreconModel | None,
@@ -528,9 +647,11 @@ class _Run:
 
     def __init__(self, task: TrainingTask, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None,
                  init_source: Any, paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype,
-                 t_start: float) -> None:
+                 t_start: float, budget: _Budget | None = None) -> None:
         self.task, self.cfg, self.net, self.data, self.init_source = task, cfg, net, data, init_source
-        self.dev, self.amp, self.t_start = dev, amp, t_start
+        self.dev, self.amp, self.t_start, self.budget = dev, amp, t_start, budget
+        self.save_seconds = 0.0  # spent saving checkpoints in this session
+        self.plan_mark: tuple[int, float] | None = None  # (step, training clock) when this session planned
         self.best_path, self.last_path, log_path = paths
         self.norm = net.normalization  # buffers, fixed during training: read once (numpy), for the provenance
         task.setup(net)
@@ -544,7 +665,7 @@ class _Run:
             self._restore(state)
         self.log = _Log(log_path, self.p.step if state is not None else None, log_columns(task.terms))
         # Training time excludes validation, and adds up over resumed sessions.
-        self.val_seconds, self.session_start, self.session_base = 0.0, time.perf_counter(), self.p.train_seconds
+        self.val_seconds, self.session_start, self.session_base = 0.0, _now(), self.p.train_seconds
         self.sums = torch.zeros(1 + len(task.terms), device=dev)  # loss and its parts since the last log row
         self.n_sum = 0
 
@@ -567,10 +688,13 @@ class _Run:
             "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": self.init_source,
             "validation_blocks": data.val_blocks.tolist(), "block": data.block,
             "normalization": {k: v.tolist() for k, v in self.norm.items()},
+            "time_budget": None if self.budget is None else self.budget.to_dict(),
         }
 
     def save_best(self) -> None:
+        t0 = _now()
         _save(self.net, self.best_path, {"training": self.provenance()})
+        self.save_seconds += _now() - t0
 
     def save_last(self) -> None:
         p, dev = self.p, self.dev
@@ -581,15 +705,18 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "stream": self.stream.state_dict(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+            "time_budget": None if self.budget is None else self.budget.to_dict(),
         }
+        t0 = _now()
         _save(self.net, self.last_path, {"training": self.provenance(), "resume": resume_state})
+        self.save_seconds += _now() - t0
 
     def clock(self) -> None:
-        self.p.train_seconds = self.session_base + time.perf_counter() - self.session_start - self.val_seconds
+        self.p.train_seconds = self.session_base + _now() - self.session_start - self.val_seconds
 
-    def validate(self) -> None:
-        """Score the validation set, and save the best model when it improves."""
-        p, t0 = self.p, time.perf_counter()
+    def validate(self, baseline: bool = False) -> None:
+        """Score the validation set, and save the best model when it improves (never a ``baseline``)."""
+        p, t0 = self.p, _now()
         self.net.eval()
         try:
             with torch.no_grad(), autocast(self.dev, self.amp):
@@ -597,19 +724,97 @@ class _Run:
                 p.last_val = self.task.validate(self.net, batches, self.cfg)
         finally:
             self.net.train()
-        self.val_seconds += time.perf_counter() - t0
+        self.val_seconds += _now() - t0
         self.clock()
+        if baseline:
+            return
         if p.last_val[0] < p.best or p.best_step is None:
             p.best, p.best_step = p.last_val[0], p.step
             self.save_best()
 
     def begin(self) -> None:
-        """A new run's step 0: the starting point's validation, and a last checkpoint to resume from."""
+        """A new run's step 0: the starting point's validation (a baseline in the log, never the best
+        checkpoint), and a last checkpoint to resume from; both timed for a time budget's plan."""
+        seconds = self.val_seconds
         if self.val_batches:
-            self.validate()
+            self.validate(baseline=True)
             self.log.write({"step": 0, "epoch": 0, "val_loss": self.p.last_val[0], "val_rmse": self.p.last_val[1],
-                            "pixels": 0, "seconds": time.perf_counter() - self.t_start})
+                            "pixels": 0, "seconds": _now() - self.t_start})
+        if self.budget is not None:
+            self.budget.validation_seconds = self.val_seconds - seconds
+        saved = self.save_seconds
         self.save_last()
+        if self.budget is not None:
+            self.budget.checkpoint_seconds = self.save_seconds - saved
+
+    def probe_length(self) -> int:
+        """Steps to time in this session before a time budget's plan: within the warm-up (and the step
+        after it, whose learning rate is the peak), so that the schedule's length does not matter yet."""
+        cfg, b = self.cfg, self.budget
+        n = _PROBE if cfg.schedule == "constant" else min(_PROBE, cfg.warmup + 1 - self.p.step)
+        if b is not None and b.max_steps is not None:
+            n = min(n, b.max_steps - self.p.step)
+        return max(1, n)
+
+    def plan(self, step_seconds: float | None, probe_steps: int) -> int:
+        """Fix the run's steps so that training, validations, checkpoints and the end fit the budget."""
+        b, cfg, p = self.budget, self.cfg, self.p
+        assert b is not None
+        if step_seconds is None:  # steps= is no more than the probe: nothing to measure
+            planned = b.max_steps if b.max_steps is not None else p.step
+        else:
+            per_step, end = self._costs(step_seconds)
+            left = b.seconds - (_now() - self.t_start)
+            more = math.floor((left * _BUDGET_SAFETY - end) / max(per_step, 1e-9))
+            planned = p.step + max(0, more)
+            if b.max_steps is not None:
+                planned = min(planned, b.max_steps)
+        planned = max(planned, p.step, 1)
+        b.planned, b.probe_steps, b.step_seconds = planned, probe_steps, step_seconds
+        warmup = cfg.warmup
+        if b.fit_warmup and cfg.schedule == "cosine":
+            # a tenth of the schedule (at most the default's 100 steps), and no less than the steps taken
+            warmup = min(cfg.warmup, max(planned // 10, p.step))
+        self.cfg = dataclasses.replace(cfg, steps=planned, warmup=warmup)
+        if self.plan_mark is None:
+            self.plan_mark = (p.step, self.training_clock())
+        return planned
+
+    def _costs(self, step_seconds: float) -> tuple[float, float]:
+        """(seconds a step costs, validations and checkpoints included; seconds of the run's end)."""
+        b, cfg = self.budget, self.cfg
+        assert b is not None
+        val = (b.validation_seconds or 0.0) if self.val_batches else 0.0
+        save = b.checkpoint_seconds or 0.0
+        # a validation may save the best; without validation every checkpoint saves the best too
+        per_step = step_seconds + (val + save) / cfg.validation_interval if self.val_batches else step_seconds
+        per_step += save * (1 if self.val_batches else 2) / cfg.checkpoint_interval
+        return per_step, val + 2 * save  # the end: the final validation and the final best and last checkpoints
+
+    def training_clock(self) -> float:
+        """The clock less this session's validations and checkpoints."""
+        return _now() - self.val_seconds - self.save_seconds
+
+    def correct(self) -> int | None:
+        """Plan again when the step rate since this session's plan has drifted so far that the run
+        would end after the budget, or before 80 % of it; the new steps, or None when kept."""
+        b, p = self.budget, self.p
+        if b is None or self.plan_mark is None or self.cfg.steps - p.step < _PROBE:
+            return None
+        step0, t0 = self.plan_mark
+        if p.step - step0 < _PROBE:
+            return None
+        rate = (self.training_clock() - t0) / (p.step - step0)
+        per_step, end = self._costs(rate)
+        projected = _now() - self.t_start + (self.cfg.steps - p.step) * per_step + end
+        if 0.8 * b.seconds <= projected <= 1.02 * b.seconds:
+            return None
+        old = self.cfg.steps
+        planned = self.plan(rate, b.probe_steps or 0)
+        if planned == old:
+            return None
+        b.replans.append([p.step, planned])
+        return planned
 
     def optimizer_step(self, batch: Mapping[str, torch.Tensor], lr: float) -> None:
         cfg = self.cfg
@@ -640,9 +845,9 @@ class _Run:
         mean = (self.sums / self.n_sum).tolist()
         row = {"step": p.step, "epoch": epoch, "lr": lr, "loss": mean[0]}
         row.update(zip(self.task.terms, mean[1:], strict=True))
-        row.update(pixels=p.pixels, seconds=time.perf_counter() - self.t_start)
+        row.update(pixels=p.pixels, seconds=_now() - self.t_start)
         if validated:
-            row.update(val_loss=p.last_val[0], val_rmse=p.last_val[1])
+            row.update(val_loss=p.last_val[0], val_rmse=p.last_val[1], best_step=p.best_step)
         self.log.write(row)
         self.sums.zero_()
         self.n_sum = 0
@@ -673,9 +878,10 @@ def train(
     out: str | os.PathLike,
     *,
     method: str = "anytimeformer",
-    model: str | Any = "official",
+    preset: str | Any | None = None,
     config: TrainConfig | None = None,
     steps: int | None = None,
+    time_budget: float | str | datetime.timedelta | None = None,
     batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
@@ -688,6 +894,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], bool | None] | None = None,
+    model: str | Any | None = None,
     **options: Any,
 ) -> Path:
     """Train a network on cubes, self-supervised: hide clear observations and learn to restore them.
@@ -702,13 +909,25 @@ def train(
     method : str
         The network, one of :func:`xrecon.methods.trainable_methods` (``"anytimeformer"``); its
         training task (:mod:`xrecon.training.tasks`) says what the options below mean for it.
-    model : str or AnytimeFormerConfig
-        The architecture: for AnytimeFormer a preset of :data:`xrecon.models.anytimeformer.PRESETS`
-        ("official", "small", ...) or a config; the numbers of bands always come from the cube.
-        Ignored with ``init``.
+    preset : str or AnytimeFormerConfig, optional
+        The architecture: a preset name of the method's task (``TrainingTask.presets()``; for
+        AnytimeFormer "official", "optical-only", "small") or a config object; None: the task's
+        default ("official"). The same name as ``xrecon train --preset``. The numbers of bands always
+        come from the cube. Ignored with ``init`` and on resume.
     config : TrainConfig, optional
         Training settings; the keyword arguments below override it.
-    steps, batch_size, seed, validation_fraction
+    steps : int, optional
+        Optimizer steps (the schedule's length). With ``time_budget``: at most this many.
+    time_budget : seconds, str or timedelta, optional
+        Train for about this long, counted from this call, on this machine: ``600``, ``"10min"``,
+        ``"90s"``, ``"1h"``. After the step-0 validation and checkpoint (both timed) a short probe of
+        steps inside the warm-up measures the step rate; the number of steps is then fixed so that
+        training, validations, checkpoints and the last validation fit in the budget, and the
+        learning-rate schedule runs to its end within it. Unless ``warmup=`` or ``config`` is given,
+        the warm-up is then a tenth of the planned steps (at most 100). The plan (steps, measured
+        seconds) is in the provenance's ``time_budget`` and on stderr; a resumed run keeps its
+        planned steps (the budget counts from each call only while nothing is planned yet).
+    batch_size, seed, validation_fraction
         Shortcuts for the :class:`TrainConfig` fields.
     device : str or torch.device, optional
         None: CUDA when available, else the CPU.
@@ -722,12 +941,15 @@ def train(
         Continue from the last checkpoint if there is one (else start afresh), with its settings;
         ``steps`` may be raised to train longer (the schedule then stretches to the new length).
     overwrite : bool
-        Replace existing files of an earlier run (without ``resume``, they are refused).
+        Replace existing files of an earlier run. Without ``resume`` they are refused, unless that
+        run trained nothing (no best checkpoint and a last one at step 0): those are replaced.
     progress : bool
-        Show a tqdm bar with the losses.
+        Show a tqdm bar with the losses, and on stderr the run's set-up and a time budget's plan.
     callback : callable, optional
         Called with each log row (a dict of the log's columns, :func:`log_columns`); returning True
         stops training after saving the last checkpoint (early stopping; ``resume=True`` continues).
+    model : str or AnytimeFormerConfig, optional
+        Deprecated alias of ``preset`` (a FutureWarning).
     **options
         Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``...) and the method's
         architecture options (its task's ``options()``; for AnytimeFormer the fields of
@@ -741,27 +963,34 @@ def train(
     Raises
     ------
     MethodError
-        For a method that cannot be trained (the message names those that can) or unknown options.
+        For a method that cannot be trained (the message names those that can), an unknown preset
+        or unknown options.
     CheckpointError
         When ``init`` does not fit the cube's bands, or the last checkpoint cannot be resumed.
     OutputExistsError
         When files of an earlier run exist and neither ``resume`` nor ``overwrite`` is set.
+    XreconError
+        For a ``time_budget`` that is not a positive duration.
 
     Examples
     --------
     >>> import xrecon
     >>> from xrecon.testing import synthetic_cube
     >>> ds = synthetic_cube(ny=16, nx=16, seed=0)
-    >>> ckpt = ds.recon.train(out="tiny.xrecon", model="small", steps=5, batch_size=32,
+    >>> ckpt = ds.recon.train(out="tiny.xrecon", preset="small", time_budget="1min",
     ...                       progress=False)  # doctest: +SKIP
     >>> filled = ds.recon.fill("10D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
     """
-    t_start = time.perf_counter()
-    shortcuts = dict(steps=steps, batch_size=batch_size, seed=seed, validation_fraction=validation_fraction)
+    t_start = _now()
+    budget = parse_time_budget(time_budget)
     task = _task(method)
+    preset = _preset(task, preset, model)
+    shortcuts = dict(steps=steps if budget is None else None, batch_size=batch_size, seed=seed,
+                     validation_fraction=validation_fraction)
     cubes, cfg, explicit, architecture = _resolve_options(task, cubes, config, options, shortcuts)
     paths = training_files(out)
     cfg, model_obj, state = _starting_point(paths, cfg, explicit, architecture, task, init, resume, overwrite)
+    cfg, plan = _budget_to_run(budget, steps, cfg, state, fit_warmup=config is None and "warmup" not in options)
     data = _prepare_data(task, cubes, cfg, model_obj, state, optical, sar, mask)
     dev = resolve_device(device)
     amp = _precision(cfg.precision, dev)
@@ -769,14 +998,25 @@ def train(
     with torch.random.fork_rng(devices=rng_devices):
         # Our own seeded random state for the weights and dropout; the caller's is restored afterwards.
         torch.manual_seed(cfg.seed)
-        model_obj, init_source = _model_to_train(task, model_obj, model, architecture, data, state, init)
-        run = _Run(task, cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start)
+        model_obj, init_source = _model_to_train(task, model_obj, preset, architecture, data, state, init)
+        run = _Run(task, cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start, plan)
+        planning = plan is not None and plan.planned is None
+        bar = _bar(progress, run.p.step, None if planning else cfg.steps)
+        bar.write(f"train {task.name}: preset {_describe_preset(preset, init, state)}, device {dev}"
+                  + (f", threads {torch.get_num_threads()}" if dev.type == "cpu" else "")
+                  + f", batch {cfg.batch_size}, "
+                  + (f"time budget {plan.seconds:g} s" if planning else f"{cfg.steps} steps"))
         if state is None:
             run.begin()
+        if planning and plan.max_steps is not None and plan.max_steps <= run.probe_length():
+            run.plan(None, 0)  # steps= within the probe: nothing to time
+            planning = False
+        probe = run.probe_length() if planning else 0
+        marks: list[float] = [_now() - run.val_seconds - run.save_seconds] if planning else []
 
-        p, bar = run.p, _bar(progress, run.p.step, cfg.steps)
+        p = run.p
         stop, epoch = False, run.stream.epoch
-        while p.step < cfg.steps and not stop:
+        while p.step < run.cfg.steps and not stop:
             run.stream.set_epoch(epoch)
             fresh, got = not run.stream.state_dict()["consumed"], False
             # The loader's own generator: creating an iterator would otherwise draw from the global
@@ -784,15 +1024,29 @@ def train(
             loader = task.loader(run.stream, num_workers=cfg.num_workers,
                                  generator=torch.Generator().manual_seed(cfg.seed))
             for batch in loader:
-                if p.step >= cfg.steps:
+                if p.step >= run.cfg.steps:
                     break
-                got, lr = True, _lr_at(p.step, cfg)
+                got, lr = True, _lr_at(p.step, run.cfg)
                 run.optimizer_step(batch, lr)
                 bar.update(1)
+                if planning:
+                    # training time only: validations and checkpoints are counted apart
+                    marks.append(_now() - run.val_seconds - run.save_seconds)
+                    if len(marks) == probe + 1:
+                        # the first step pays one-off costs: time the others when there are a few
+                        step_s = (marks[-1] - marks[1]) / (probe - 1) if probe >= 3 else (marks[-1] - marks[0]) / probe
+                        _announce(bar, run, run.plan(step_s, probe))
+                        planning = False
+                cfg = run.cfg
                 validated = bool(run.val_batches) and (p.step % cfg.validation_interval == 0 or p.step == cfg.steps)
                 if not (p.step % cfg.log_interval == 0 or validated or p.step == cfg.steps):
                     continue
                 row = run.log_row(epoch, lr, validated)
+                if (corrected := run.correct()) is not None:
+                    bar.write(f"train: the step rate changed to {run.budget.step_seconds:.3g} s a step: "
+                              f"{corrected} steps planned at step {p.step}")
+                    bar.total = corrected
+                    cfg = run.cfg
                 bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{p.last_val[0]:.4f}", refresh=False)
                 stop = run.checkpoint(row, callback)
                 if stop or p.step >= cfg.steps:
@@ -800,11 +1054,55 @@ def train(
             if not got and fresh:
                 raise CubeError(f"no {task.sample} of the training blocks has {cfg.min_obs} clear observations "
                                 "(min_obs); nothing to train on")
-            if not stop and p.step < cfg.steps:
+            if not stop and p.step < run.cfg.steps:
                 epoch += 1
         bar.close()
         run.finish()
+        if p.best_step is not None:
+            bar.write(f"train: best step {p.best_step} of {p.step}, validation loss {p.best:.4g}; "
+                      f"{_now() - t_start:.0f} s")
     return paths[0]
+
+
+def _preset(task: TrainingTask, preset: Any, model: Any) -> Any:
+    """``train``'s architecture preset: ``preset=``, or its deprecated alias ``model=``, or the task's default."""
+    if model is not None:
+        warnings.warn("train(model=...) is deprecated: use preset=..., the same name as `xrecon train --preset`",
+                      FutureWarning, stacklevel=3)
+        if preset is not None:
+            raise XreconError("train: give preset= or its deprecated alias model=, not both")
+        preset = model
+    presets = task.presets()
+    if preset is None:
+        preset = task.default_preset
+    if isinstance(preset, str) and preset not in presets:
+        raise MethodError(f"preset={preset!r} is not a {task.name} preset; presets: {sorted(presets)} "
+                          "(or pass a config object)")
+    return preset
+
+
+def _describe_preset(preset: Any, init: Any, state: Any) -> str:
+    if state is not None:
+        return "of the resumed run"
+    if init is not None:
+        return "of init"
+    return preset if isinstance(preset, str) else type(preset).__name__
+
+
+def _announce(bar: Any, run: _Run, planned: int) -> None:
+    """Say what a time budget's probe measured and how many steps it planned (warn when they are too few)."""
+    b, cfg = run.budget, run.cfg
+    assert b is not None
+    val = f", {b.validation_seconds:.3g} s a validation" if run.val_batches and b.validation_seconds else ""
+    bar.write(f"train: time budget {b.seconds:g} s: {b.step_seconds:.3g} s a step{val}; "
+              f"{planned} steps planned, warm-up {cfg.warmup}"
+              + (f" (steps= at most {b.max_steps})" if b.max_steps is not None else ""))
+    bar.total = planned
+    bar.refresh()
+    if cfg.schedule == "cosine" and planned <= cfg.warmup:
+        warnings.warn(f"the time budget ({b.seconds:g} s) allows {planned} steps, no more than the warm-up "
+                      f"({cfg.warmup}): the learning rate will not decay; give more time or a smaller warmup=",
+                      UserWarning, stacklevel=3)
 
 
 def _describe_init(init: Any, model: XreconModel) -> dict[str, Any]:
@@ -832,16 +1130,26 @@ def _validation_batches(task: TrainingTask, cubes: Sequence[xr.Dataset], stream_
     return batches
 
 
-def _bar(progress: bool, start: int, total: int) -> Any:
+def _bar(progress: bool, start: int, total: int | None) -> Any:
     if not progress:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar.write = lambda text: tqdm.write(text, file=sys.stderr)  # set-up and plan lines: stderr, above the bar
+    return bar
 
 
 class _NoBar:
+    total: int | None = None
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def set_postfix(self, **kwargs: Any) -> None:
