@@ -1,6 +1,7 @@
 """xrecon: gap-free satellite image time series from cloudy optical and SAR datacubes.
 
-Importing xrecon registers the ``Dataset.recon`` accessor.
+Importing xrecon registers the ``Dataset.recon`` accessor; ``xrecon.methods`` (the registry of every
+method) and ``xrecon.io`` (safe Zarr writes) come along. Nothing here imports torch.
 
 >>> import xrecon
 >>> from xrecon.testing import synthetic_cube
@@ -8,7 +9,8 @@ Importing xrecon registers the ``Dataset.recon`` accessor.
 """
 
 from xrecon import accessor as _accessor  # noqa: F401  (registers Dataset.recon)
+from xrecon import io, methods
 from xrecon._version import __version__
 from xrecon.errors import XreconError
 
-__all__ = ["XreconError", "__version__"]
+__all__ = ["XreconError", "__version__", "io", "methods"]
