@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	$(BIN)/xrecon demo --out xrecon-demo
 
+# the docs first, so that pytest's summary is the last line printed
 test: $(STAMP)
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest -q
+
+# the documentation site, warnings as errors (make test builds it too, so it cannot rot)
+docs: $(STAMP)
+	rm -rf docs/_build docs/generated
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check xrecon tests benchmarks
@@ -27,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fill_classical.py
 
 clean:
-	rm -rf $(VENV) xrecon-demo .pytest_cache .hypothesis
+	rm -rf $(VENV) xrecon-demo .pytest_cache .hypothesis docs/_build docs/generated docs/examples

@@ -64,10 +64,12 @@ class PositionalRandom:
     seed : int
         The user's seed.
     offset : (int, int)
-        Row and column of the window's first pixel in the whole grid (a patch kernel's ``offset``).
+        Row and column of the window's first pixel in the whole grid (the ``offset`` a patch kernel gets).
     stream : int
         Separate streams for separate uses (e.g. noise of each sampler step), so they never correlate.
 
+    Notes
+    -----
     Numbers for an array of shape ``(..., Y, X)`` are keyed on (seed, stream, position in the leading
     axes, global row, global column): two windows that overlap draw the same numbers where they overlap,
     provided the leading shape is the same.
