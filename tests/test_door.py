@@ -227,3 +227,15 @@ def test_halo_wider_than_the_chunks(cube):
         xr.testing.assert_identical(out.compute(), one)
     finally:
         xrecon.methods.unregister("test-wide")
+
+
+def test_import_xrecon_is_light_and_the_api_is_reachable():
+    """`import xrecon` registers every method without importing torch; xrecon.models.load works after it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, xrecon; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'anytimeformer' in xrecon.methods.list_methods(); "
+            "assert callable(xrecon.models.load) and 'torch' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

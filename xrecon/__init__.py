@@ -14,3 +14,19 @@ from xrecon._version import __version__
 from xrecon.errors import XreconError
 
 __all__ = ["XreconError", "__version__", "io", "methods"]
+
+# Imported on first use: these pull in torch (models, training) or test helpers, which `import xrecon` must not.
+_LAZY = ("models", "training", "testing", "evaluate", "runtime", "diffusion")
+
+
+def __getattr__(name: str):
+    """``xrecon.models.load(...)`` and the like work after a plain ``import xrecon``."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"xrecon.{name}")
+    raise AttributeError(f"module 'xrecon' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
