@@ -16,65 +16,37 @@ from xrecon.io import write_zarr
 __all__ = ["run_demo"]
 
 
-def _rgb(cube: xr.DataArray) -> np.ndarray:
-    """(band, y, x) reflectance -> (y, x, 3) image, NaN shown white."""
-    rgb = cube.sel(band=["B04", "B03", "B02"]).transpose("y", "x", "band").values
-    img = np.clip(rgb / 0.15, 0, 1)
-    img[~np.isfinite(img)] = 1.0
-    return img
-
-
-def _figure(path: Path, cloudy: xr.Dataset, filled: xr.Dataset, truth: xr.DataArray) -> None:
+def _figures(out: Path, cloudy: xr.Dataset, filled: xr.Dataset, truth: xr.DataArray) -> tuple[Path, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xrecon.plot import plot_maps, plot_series
+
     # The optical date with the most clouds that still has some clear pixels, for the maps.
     clear_share = np.isfinite(cloudy.optical.isel(band=0)).mean(("y", "x")).values
     candidates = np.flatnonzero((clear_share > 0.05) & (clear_share < 0.7))
     t_map = int(candidates[np.argmin(clear_share[candidates])]) if len(candidates) else int(np.argmin(clear_share))
-    when = cloudy.time.values[t_map]
     # A vegetated pixel (strong NIR seasonality) with long gaps.
     n_clear = np.isfinite(cloudy.optical.isel(band=0)).sum("time").values
     dynamics = truth.sel(band="B08").std("time").values
     score = np.where((n_clear > 4) & (n_clear < 0.6 * cloudy.sizes["time"]), dynamics, -1.0)
     iy, ix = np.unravel_index(np.argmax(score), score.shape)
 
-    fig = plt.figure(figsize=(13, 7.5), layout="constrained")
-    grid = fig.add_gridspec(2, 3)
-    ax = fig.add_subplot(grid[0, :])
-    nir = "B08"
-    ax.plot(truth.time, truth.sel(band=nir).isel(y=iy, x=ix), color="0.6", lw=3, label="truth (cloud-free)")
-    label = f"filled ({filled.attrs['method']})"
-    ax.plot(filled.time, filled.optical.sel(band=nir).isel(y=iy, x=ix), color="C0", label=label)
-    series = cloudy.optical.sel(band=nir).isel(y=iy, x=ix)
-    ax.plot(cloudy.time, series, "o", color="C3", ms=5, label="clear observations")
-    ax.set_ylabel(f"{nir} reflectance")
-    ax.set_title(f"pixel y={iy}, x={ix}: {int(n_clear[iy, ix])} clear observations of {cloudy.sizes['time']}")
-    ax.legend(loc="upper left")
-
-    exact = filled.optical.sel(time=when, method="nearest")
-    panels = [
-        ("cloudy input", cloudy.optical.isel(time=t_map)),
-        (f"filled ({filled.attrs['method']}, nearest query)", exact),
-        ("truth", truth.sel(time=when, method="nearest")),
-    ]
-    for k, (title, cube) in enumerate(panels):
-        a = fig.add_subplot(grid[1, k])
-        a.imshow(_rgb(cube), interpolation="nearest")
-        a.set_title(f"{title}\n{np.datetime_as_string(cube.time.values, unit='D')}")
-        a.set_axis_off()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    maps, series = out / "demo.png", out / "demo-series.png"
+    plt.close(plot_maps(cloudy, filled, cloudy.time.values[t_map], truth=truth, path=maps))
+    plt.close(plot_series(cloudy, filled, y=int(iy), x=int(ix), band="B08", truth=truth, path=series))
+    return maps, series
 
 
 def run_demo(out_dir: str | Path = "xrecon-demo", *, size: int = 128, method: str = "whittaker",
              progress: bool = True) -> Path:
     """Run the demo; returns the output folder.
 
-    Writes ``cloudy.zarr`` (the synthetic input), ``filled.zarr`` (the gap-free cube every 5 days)
-    and ``demo.png`` (a pixel's series before and after, and cloudy vs filled maps) into ``out_dir``,
+    Writes ``cloudy.zarr`` (the synthetic input), ``filled.zarr`` (the gap-free cube every 5 days),
+    ``demo.png`` (maps before, after, and after minus the truth) and ``demo-series.png`` (a pixel's
+    series with its observations, the fill and ``gap_days``) into ``out_dir``,
     and prints the RMSE against the known truth on the pixels that were not observed.
     """
     import xrecon  # noqa: F401  (registers the accessor)
@@ -87,7 +59,7 @@ def run_demo(out_dir: str | Path = "xrecon-demo", *, size: int = 128, method: st
     write_zarr(ds, out / "cloudy.zarr", overwrite=True)
 
     cube = xr.open_zarr(out / "cloudy.zarr")
-    filled = cube.recon.fill("5D", method=method)  # lazy: nothing computed yet
+    filled = cube.recon.fill("5D", method=method, gap_days=True)  # lazy: nothing computed yet
     write_zarr(filled, out / "filled.zarr", overwrite=True, progress=progress)
 
     result = xr.open_zarr(out / "filled.zarr").load()
@@ -95,7 +67,7 @@ def run_demo(out_dir: str | Path = "xrecon-demo", *, size: int = 128, method: st
     gaps = ~result.observed.values[:, None] & np.ones(result.optical.shape, bool)
     rmse = float(np.sqrt(np.nanmean((result.optical.values - truth.values)[gaps] ** 2)))
     cloudy = cube[["optical"]].load()
-    _figure(out / "demo.png", cloudy, result, truth)
+    maps, series = _figures(out, cloudy, result, truth)
 
     clear = float(np.isfinite(cloudy.optical.isel(band=0)).mean())
     print(f"xrecon demo: {size}x{size} pixels, {cube.sizes['time']} optical dates ({clear:.0%} clear), "
@@ -104,5 +76,5 @@ def run_demo(out_dir: str | Path = "xrecon-demo", *, size: int = 128, method: st
           f"unobserved pixel-dates {rmse:.4f} reflectance")
     print(f"  input:  {out / 'cloudy.zarr'}")
     print(f"  result: {out / 'filled.zarr'}")
-    print(f"  figure: {out / 'demo.png'}")
+    print(f"  figures: {maps} (maps), {series} (a pixel's series)")
     return out
