@@ -8,7 +8,8 @@ from typing import Any
 
 import xarray as xr
 
-from xrecon.cube import DEFAULT_SAR, Cube, validate
+from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
+from xrecon.times import MAX_QUERY_TIMES
 
 __all__ = ["ReconAccessor"]
 
@@ -24,7 +25,8 @@ class ReconAccessor:
         self._ds = ds
 
     def validate(
-        self, *, optical: Hashable = "optical", sar: Hashable | None = DEFAULT_SAR, mask: Hashable | None = None
+        self, *, optical: Hashable = "optical", sar: Hashable | None = DEFAULT_SAR,
+        mask: Hashable | bool | None = AUTO_MASK,
     ) -> Cube:
         """Check the cube conventions (metadata only; nothing is computed). See :func:`xrecon.cube.validate`."""
         return validate(self._ds, optical=optical, sar=sar, mask=mask)
@@ -37,12 +39,13 @@ class ReconAccessor:
         checkpoint: str | os.PathLike | None = None,
         optical: Hashable = "optical",
         sar: Hashable | None = DEFAULT_SAR,
-        mask: Hashable | None = None,
+        mask: Hashable | bool | None = AUTO_MASK,
         keep_observed: bool = True,
         edges: str = "hold",
         batch_size: int | None = None,
         device: str | None = None,
         gap_days: bool = False,
+        max_query_times: int = MAX_QUERY_TIMES,
         **options: Any,
     ) -> xr.Dataset:
         """Reconstruct gap-free optical reflectance at any times.
@@ -59,11 +62,16 @@ class ReconAccessor:
             you registered (:func:`xrecon.methods.register`); or an xrecon model object.
         checkpoint : path, optional
             A model checkpoint, for the neural methods.
-        optical, sar, mask : str
+        optical, sar : str
             Variable names. ``sar`` may be absent from the cube under its default name; the classical
-            methods ignore it. ``mask`` names a bool ``(time, y, x)`` clear mask, combined with the
-            NaN-ness of ``optical`` (an observation is clear when all its bands are finite and the
-            mask is True).
+            methods ignore it.
+        mask : "auto", str or False
+            The bool ``(time, y, x)`` clear mask, combined with the NaN-ness of ``optical`` (an
+            observation is clear when all its bands are finite and the mask is True). ``"auto"`` (the
+            default; None means the same): the cube's own mask, the variable recorded in
+            ``optical.attrs["xrecon_mask"]`` by :func:`xrecon.cube.from_bands`, else a variable named
+            ``clear``, else none. ``False``: no mask even when the cube has one. Or a variable's name.
+            The result's ``attrs["mask"]`` names the mask used ("" for none).
         keep_observed : bool
             Where a query time equals a clear observation's time, return the observation itself.
         edges : {"hold", "nan"}
@@ -74,6 +82,9 @@ class ReconAccessor:
         gap_days : bool
             Also return ``gap_days`` ``(time, y, x)``: days from each query time to the pixel's nearest
             clear observation (NaN for a pixel without any), the cheapest honest uncertainty proxy.
+        max_query_times : int
+            The most query times accepted (100,000 by default): a frequency such as ``"1s"`` that
+            would give more is refused with a QueryTimesError before anything is built.
         **options
             Method options, e.g. ``order=3, trend=True`` for harmonic, ``lam=...`` for Whittaker.
 
@@ -109,6 +120,7 @@ class ReconAccessor:
             batch_size=batch_size,
             device=device,
             gap_days=gap_days,
+            max_query_times=max_query_times,
             **options,
         )
 

@@ -52,12 +52,33 @@ def _parse_chunks(text: str | None) -> dict[str, int] | None:
     return chunks
 
 
+def _mask(args: argparse.Namespace) -> Any:
+    """``--mask NAME``, ``--no-mask`` (False) or neither ("auto": the cube's own mask)."""
+    return False if args.no_mask else ("auto" if args.mask is None else args.mask)
+
+
+def _check_path(flag: str, value: str) -> None:
+    if not value or not value.strip():
+        raise XreconError(f"{flag} is empty; expected a path")
+
+
+_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "synchronous", "sync", "single-threaded")
+
+
 def _cmd_fill(args: argparse.Namespace) -> int:
     import dask
 
     import xrecon  # noqa: F401  (registers the accessor)
     from xrecon.io import open_cube, write_zarr
 
+    _check_path("INPUT", args.input)
+    _check_path("OUTPUT", args.output)
+    if args.scheduler is not None and args.scheduler not in _SCHEDULERS:
+        raise XreconError(f"--scheduler {args.scheduler!r}: expected one of threads, processes, synchronous")
+    if args.workers is not None and args.workers < 1:
+        raise XreconError(f"--workers {args.workers}: expected a positive number of dask workers")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise XreconError(f"--batch-size {args.batch_size}: expected a positive number of pixels")
     ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
     options = dict(_parse_option(o) for o in args.option)
     out = ds.recon.fill(
@@ -66,12 +87,13 @@ def _cmd_fill(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         optical=args.optical,
         sar=args.sar,
-        mask=args.mask,
+        mask=_mask(args),
         keep_observed=not args.no_keep_observed,
         edges=args.edges,
         batch_size=args.batch_size,
         device=args.device,
         gap_days=args.gap_days,
+        max_query_times=args.max_query_times,
         **options,
     )
     scheduler = {"scheduler": args.scheduler} if args.scheduler else {}
@@ -90,6 +112,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import xrecon  # noqa: F401  (registers the accessor)
     from xrecon.io import open_cube
 
+    _check_path("INPUT", args.input)
+    if not 0 < args.holdout < 1:
+        raise XreconError(f"--holdout {args.holdout}: expected a fraction strictly between 0 and 1, e.g. 0.2")
+    if not [m for m in args.methods.split(",") if m.strip()]:
+        raise XreconError(f"--methods {args.methods!r}: expected comma-separated method names, e.g. linear,whittaker")
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path is not None:
+            _check_path(flag, path)
     ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
     table = ds.recon.evaluate(
         [m.strip() for m in args.methods.split(",") if m.strip()],
@@ -98,7 +128,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         optical=args.optical,
         sar=args.sar,
-        mask=args.mask,
+        mask=_mask(args),
         by_gap=args.by_gap,
         gaps=args.gaps,
         by_gap_size=args.by_gap_size,
@@ -121,6 +151,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from xrecon.io import open_cube
     from xrecon.training.trainer import training_files
 
+    _check_path("INPUT", args.input)
+    _check_path("OUTPUT", args.output)
     ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
     options = dict(_parse_option(o) for o in args.option)
     best = ds.recon.train(
@@ -136,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init=args.init,
         optical=args.optical,
         sar=None if args.no_sar else args.sar,
-        mask=args.mask,
+        mask=_mask(args),
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet,
@@ -178,7 +210,12 @@ def _add_cube_arguments(p: argparse.ArgumentParser, *, chunks_example: str = "y=
     """Input cube and variable names: the same for every command that reads a cube."""
     p.add_argument("--optical", default="optical", help="optical variable name")
     p.add_argument("--sar", default="sar", help="SAR variable name (may be absent)")
-    p.add_argument("--mask", default=None, help="bool clear-mask variable name (True = clear)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mask", default=None,
+                       help="bool clear-mask variable name (True = clear); default: the cube's own mask (recorded "
+                            "by from_bands, or a variable named clear), if it has one")
+    group.add_argument("--no-mask", action="store_true",
+                       help="use no clear mask even if the cube has one (clear = all bands finite)")
     p.add_argument("--chunks", default=None, help=f"spatial chunks for reading, e.g. {chunks_example}")
 
 
@@ -199,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="START/END/FREQ (e.g. 2019-01-01/2019-12-31/5D), a frequency spanning the optical times "
         "(e.g. 5D), or omitted for the optical times",
     )
+    f.add_argument("--max-query-times", type=int, default=100_000,
+                   help="refuse query times that give more dates than this (default 100000)")
     f.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
     _add_cube_arguments(f)
     f.add_argument("--edges", default="hold", choices=["hold", "nan"], help="before first / after last clear obs")
@@ -273,8 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except XreconError as err:
-        print(f"xrecon: error: {err}", file=sys.stderr)
+        print(f"xrecon: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only folder, a parent that is a file, a full disk...
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"xrecon: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The message on one line, with CLI flags rather than Python keywords."""
+    text = " ".join(str(err).split())
+    for keyword, flag in (("overwrite=True", "--overwrite"), ("resume=True", "--resume"), ("mask=False", "--no-mask"),
+                          ("max_query_times=", "--max-query-times ")):
+        text = text.replace(keyword, flag)
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

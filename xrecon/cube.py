@@ -22,10 +22,17 @@ import xarray as xr
 
 from xrecon.errors import CubeError
 
-__all__ = ["Cube", "validate", "from_bands", "decode", "DEFAULT_SAR"]
+__all__ = ["Cube", "validate", "resolve_mask", "from_bands", "decode", "DEFAULT_SAR", "DEFAULT_MASK", "AUTO_MASK",
+           "MASK_ATTR"]
 
 #: The default name of the SAR variable; a cube without it is an optical-only cube.
 DEFAULT_SAR = "sar"
+#: The default name of the clear mask: ``from_bands`` stores its mask under it, and ``mask="auto"`` finds it.
+DEFAULT_MASK = "clear"
+#: ``mask=`` value (the default everywhere) that uses the cube's own mask: see :func:`resolve_mask`.
+AUTO_MASK = "auto"
+#: The optical variable's attribute in which ``from_bands`` records the name of the cube's clear mask.
+MASK_ATTR = "xrecon_mask"
 
 _OPTICAL_DIMS = ("time", "band", "y", "x")
 _SAR_DIMS = ("sar_time", "sar_band", "y", "x")
@@ -41,6 +48,8 @@ class Cube:
         ``(time, band, y, x)``, float, sorted by time.
     clear : xarray.DataArray or None
         ``(time, y, x)`` bool user mask, or None (then clear = finite optical values).
+    mask_name : str or None
+        The name of the mask variable in the dataset, or None.
     sar : xarray.DataArray or None
         ``(sar_time, sar_band, y, x)`` float dB, sorted by time, or None.
     """
@@ -48,6 +57,8 @@ class Cube:
     optical: xr.DataArray
     clear: xr.DataArray | None
     sar: xr.DataArray | None
+    #: The name of the mask variable used (``clear``), or None without a mask.
+    mask_name: Hashable | None = None
 
     @property
     def times(self) -> pd.DatetimeIndex:
@@ -150,12 +161,81 @@ def _check_sar_grid(ds: xr.Dataset, opt: xr.DataArray, sar: xr.DataArray, sar_na
         )
 
 
+def resolve_mask(ds: xr.Dataset, mask: Hashable | bool | None = AUTO_MASK, *,
+                 optical: Hashable = "optical") -> Hashable | None:
+    """The name of the clear mask to use, or None for no mask.
+
+    - ``"auto"`` (the default of every xrecon function) or None: the cube's own mask, that is the
+      variable named by the optical variable's ``attrs["xrecon_mask"]`` (set by :func:`from_bands`),
+      else a variable named ``clear``; None when the cube has neither;
+    - False: no mask, even when the cube has one;
+    - a name: that variable (it must exist).
+
+    Reads metadata only.
+
+    Examples
+    --------
+    >>> from xrecon.testing import synthetic_cube
+    >>> ds = synthetic_cube(ny=4, nx=4)
+    >>> resolve_mask(ds), resolve_mask(ds, False), resolve_mask(ds.drop_vars("clear"))
+    ('clear', None, None)
+    """
+    if mask is False:
+        return None
+    if mask is True:
+        raise CubeError("mask=True: expected 'auto' (the cube's own mask), False (none) or a mask variable name")
+    if mask is not None and not (isinstance(mask, str) and mask == AUTO_MASK):
+        if not isinstance(mask, Hashable) or isinstance(mask, int | float | np.number):
+            raise CubeError(f"mask={mask!r}: expected 'auto', False or the name of a bool (time, y, x) variable")
+        return mask
+    if not isinstance(ds, xr.Dataset):
+        raise CubeError(f"expected an xarray.Dataset as the cube, got {type(ds).__name__}")
+    recorded = ds[optical].attrs.get(MASK_ATTR) if optical in ds.data_vars else None
+    if recorded:
+        if recorded not in ds.data_vars:
+            raise CubeError(
+                f"optical variable {optical!r} records its clear mask {recorded!r} (attrs[{MASK_ATTR!r}]), which is "
+                f"not in the dataset; expected it beside {optical!r} (keep it when selecting variables), or pass "
+                "mask=False (CLI --no-mask) to reconstruct without a mask"
+            )
+        return recorded
+    if DEFAULT_MASK in ds.data_vars:
+        return DEFAULT_MASK
+    return None
+
+
+def _check_unique_labels(da: xr.DataArray, dim: str, role: str) -> None:
+    labels = [str(b) for b in np.asarray(da[dim].values).tolist()]
+    seen, dups = set(), []
+    for b in labels:
+        if b in seen and b not in dups:
+            dups.append(b)
+        seen.add(b)
+    if dups:
+        raise CubeError(
+            f"the {dim!r} coordinate of {role} variable {da.name!r} has duplicate names {dups}; expected unique "
+            "band names (pass band_names= to from_bands, or rename with assign_coords)"
+        )
+
+
+def _check_spatial(da: xr.DataArray, role: str) -> None:
+    for dim in ("y", "x"):
+        if dim not in da.coords:
+            continue
+        values = np.asarray(da[dim].values)
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise CubeError(
+                f"the {dim!r} coordinate of {role} variable {da.name!r} contains NaN or infinite values; expected "
+                "finite pixel coordinates (fix the grid, e.g. with rioxarray's reproject, before filling)"
+            )
+
+
 def validate(
     ds: xr.Dataset,
     *,
     optical: Hashable = "optical",
     sar: Hashable | None = DEFAULT_SAR,
-    mask: Hashable | None = None,
+    mask: Hashable | bool | None = AUTO_MASK,
 ) -> Cube:
     """Check that ``ds`` follows the cube conventions and return its parts in canonical order.
 
@@ -170,8 +250,10 @@ def validate(
     sar : str or None
         Name of the SAR variable ``(sar_time, sar_band, y, x)``. The default name may be absent
         (an optical-only cube); any other name must exist. None ignores SAR.
-    mask : str or None
-        Name of a bool ``(time, y, x)`` clear mask (True = clear), combined with NaN-ness of optical.
+    mask : "auto", str, None or False
+        A bool ``(time, y, x)`` clear mask (True = clear), combined with NaN-ness of optical. "auto"
+        (or None): the cube's own mask, recorded by :func:`from_bands` or named ``clear``; False: none;
+        or the variable's name. See :func:`resolve_mask`.
 
     Returns
     -------
@@ -185,16 +267,19 @@ def validate(
     Examples
     --------
     >>> from xrecon.testing import synthetic_cube
-    >>> cube = validate(synthetic_cube(ny=8, nx=8), mask="clear")
-    >>> cube.optical.dims
-    ('time', 'band', 'y', 'x')
+    >>> cube = validate(synthetic_cube(ny=8, nx=8))
+    >>> cube.optical.dims, cube.mask_name
+    (('time', 'band', 'y', 'x'), 'clear')
     """
     opt = _get_variable(ds, optical, "optical")
+    mask = resolve_mask(ds, mask, optical=optical)
     opt = _check_dims(opt, _OPTICAL_DIMS, "optical")
     _check_float(opt, "optical")
     _check_encoded_integer(opt, "optical")
     if "band" not in opt.coords:
         raise CubeError(f"optical variable {opt.name!r} has no 'band' coordinate; expected band names")
+    _check_unique_labels(opt, "band", "optical")
+    _check_spatial(opt, "optical")
     opt = _check_time(opt, "time", "optical")
 
     clear = None
@@ -204,7 +289,7 @@ def validate(
         if clear.dtype != bool:
             raise CubeError(
                 f"mask variable {mask!r} has dtype {clear.dtype}; expected bool (True = clear). "
-                "For a Sentinel-2 SCL layer use xrecon.masks.scl_clear"
+                "For a Sentinel-2 SCL layer use xrecon.masks.scl_clear; pass mask=False to use no mask"
             )
         # Same dataset, same time coordinate: sort it the way optical was sorted.
         clear = _check_time(clear, "time", "mask")
@@ -215,8 +300,10 @@ def validate(
         _check_sar_grid(ds, ds[optical], sar_da, sar)
         sar_da = _check_dims(sar_da, _SAR_DIMS, "sar")
         _check_float(sar_da, "sar")
+        if "sar_band" in sar_da.coords:
+            _check_unique_labels(sar_da, "sar_band", "sar")
         sar_da = _check_time(sar_da, "sar_time", "sar")
-    return Cube(optical=opt, clear=clear, sar=sar_da)
+    return Cube(optical=opt, clear=clear, sar=sar_da, mask_name=mask)
 
 
 def _check_encoded_integer(da: xr.DataArray, role: str) -> None:
@@ -321,6 +408,12 @@ def _stack(
     labels = list(band_names) if band_names is not None else _short_names([str(n) for n in names])
     if len(labels) != len(names):
         raise CubeError(f"{len(labels)} band names given for {len(names)} band variables")
+    dups = sorted({str(b) for b in labels if list(labels).count(b) > 1})
+    if dups or len(set(names)) != len(names):
+        raise CubeError(
+            f"duplicate band names {dups or sorted({str(n) for n in names if list(names).count(n) > 1})} "
+            f"(variables {list(names)}); expected each band once, with unique names (pass band_names=)"
+        )
     stacked = xr.concat(arrays, dim=new_band, coords="minimal", compat="override", join="override")
     stacked = stacked.assign_coords({new_band: labels}).transpose(new_time, new_band, "y", "x")
     stacked.attrs = {"xrecon_decoded": 1}
@@ -352,7 +445,9 @@ def from_bands(
         Optical band variables, in order.
     mask : str or xarray.DataArray, optional
         A bool clear mask (True = clear): a variable of ``ds`` or an array, e.g.
-        ``xrecon.masks.scl_clear(ds.SCL)``. Stored as ``clear``.
+        ``xrecon.masks.scl_clear(ds.SCL)``. Stored as ``clear`` and recorded in
+        ``optical.attrs["xrecon_mask"]``, so that fill, evaluate, train and the CLI use it by default
+        (``mask=False`` / ``--no-mask`` turns it off).
     scale, offset, nodata
         Decoding of integer digital numbers to reflectance (see :func:`decode`). Required when the
         bands are stored as integers, or as floats read from integer files without a scale factor.
@@ -380,8 +475,9 @@ def from_bands(
     >>> cube.optical.dims, round(float(cube.optical.max()), 4)
     (('time', 'band', 'y', 'x'), 0.15)
     """
-    if not bands:
-        raise CubeError("from_bands needs at least one optical band variable in bands=")
+    if isinstance(bands, str) or not bands:
+        raise CubeError(f"bands={bands!r}: from_bands needs a list of optical band variable names, e.g. "
+                        "['B02', 'B03', 'B04']")
 
     def decode_optical(da: xr.DataArray) -> xr.DataArray:
         stored_as_int = np.issubdtype(da.dtype, np.integer) or (
@@ -414,7 +510,8 @@ def from_bands(
         tdim = _find_time_dim(clear, time_dim)
         if clear.dtype != bool:
             raise CubeError(f"mask has dtype {clear.dtype}; expected bool (True = clear)")
-        out["clear"] = clear.rename({tdim: "time"}).transpose("time", "y", "x")
+        out[DEFAULT_MASK] = clear.rename({tdim: "time"}).transpose("time", "y", "x")
+        out["optical"].attrs[MASK_ATTR] = DEFAULT_MASK
     if sar_bands:
         sar = _stack(ds, sar_bands, sar_band_names, time_dim, "sar_time", "sar_band", decode_sar)
         out["sar"] = sar
@@ -427,3 +524,12 @@ def from_bands(
             break
     out.attrs = dict(ds.attrs)
     return out
+
+
+def __getattr__(name: str):
+    """``xrecon.cube.from_stac`` (API.md's spelling) lives in :mod:`xrecon.stac`, imported on first use."""
+    if name == "from_stac":
+        from xrecon.stac import from_stac
+
+        return from_stac
+    raise AttributeError(f"module 'xrecon.cube' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xrecon.cube import DEFAULT_SAR, validate
+from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
 from xrecon.errors import XreconError
 from xrecon.fill import fill
 from xrecon.holdout import hide_observations
@@ -161,7 +161,7 @@ def evaluate(
     checkpoint: str | os.PathLike | None = None,
     optical: Hashable = "optical",
     sar: Hashable | None = DEFAULT_SAR,
-    mask: Hashable | None = None,
+    mask: Hashable | bool | None = AUTO_MASK,
     by_gap: bool | Sequence[float] = False,
     gaps: str | int = "pixels",
     by_gap_size: bool | Sequence[float] = False,
@@ -182,7 +182,9 @@ def evaluate(
     checkpoint : path, optional
         For the neural methods.
     optical, sar, mask
-        Variable names, as for ``fill``.
+        Variable names, as for ``fill``; ``mask="auto"`` (the default) uses the cube's own clear mask
+        (recorded by ``from_bands`` or named ``clear``), ``mask=False`` none. The mask used is in the
+        table's ``attrs["mask"]``.
     by_gap : bool or sequence of float
         Also score by the length of the gap (days between the kept clear observations around a hidden
         one); True uses :data:`DEFAULT_GAP_BINS`, or give bin edges.
@@ -215,12 +217,13 @@ def evaluate(
     >>> list(table.columns[:6])
     ['method', 'band', 'n', 'mae', 'rmse', 'r2']
     """
-    if not 0 < holdout < 1:
-        raise XreconError(f"holdout={holdout!r}: expected a fraction strictly between 0 and 1")
+    _check_arguments(methods, holdout, seed, options, by_gap, by_gap_size)
     if isinstance(methods, str):
         methods = [methods]
+    methods = list(methods)
     options = options or {}
-    cube = validate(ds, optical=optical, sar=sar, mask=mask)
+    mask = resolve_mask(ds, mask, optical=optical)
+    cube = validate(ds, optical=optical, sar=sar, mask=False if mask is None else mask)
     held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask, gaps=gaps)
     truth = cube.optical
     split = {}
@@ -258,7 +261,8 @@ def evaluate(
         kwargs = dict(fill_kwargs, **options.get(method, {}))
         if registry.get(method).needs_checkpoint:
             kwargs["checkpoint"] = checkpoint
-        out = fill(held, None, method=method, optical=optical, sar=sar, mask=mask, **kwargs)
+        out = fill(held, None, method=method, optical=optical, sar=sar, mask=False if mask is None else mask,
+                   **kwargs)
         pred = out["optical"]
         for g, (_, where) in enumerate(groups):
             lazy[(method, g)] = _sums(pred, truth, where)
@@ -267,7 +271,48 @@ def evaluate(
     for (method, g), sums in computed.items():
         sums = {k: np.asarray(v) for k, v in sums.items()}
         rows += _rows(method, sums, cube.bands, groups[g][0])
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["mask"] = "" if mask is None else str(mask)
+    return table
+
+
+def _check_arguments(methods: Any, holdout: Any, seed: Any, options: Any, by_gap: Any, by_gap_size: Any) -> None:
+    """XreconError for arguments of the wrong type or range, before anything is built."""
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float | np.integer | np.floating):
+        raise XreconError(f"holdout={holdout!r} ({type(holdout).__name__}): expected a number, the fraction of "
+                          "clear observations hidden, strictly between 0 and 1 (e.g. 0.2)")
+    if not 0 < holdout < 1:
+        raise XreconError(f"holdout={holdout!r}: expected a fraction strictly between 0 and 1")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise XreconError(f"seed={seed!r}: expected an integer >= 0")
+    if not isinstance(methods, str):
+        try:
+            methods = list(methods)
+        except TypeError:
+            raise XreconError(f"methods={methods!r}: expected a list of method names") from None
+        if not methods:
+            raise XreconError("methods is empty: expected at least one method name, e.g. ['linear', 'whittaker']")
+        bad = [m for m in methods if not isinstance(m, str)]
+        if bad:
+            raise XreconError(f"methods must be method names (str), got {bad!r}")
+        dups = sorted({m for m in methods if methods.count(m) > 1})
+        if dups:
+            raise XreconError(f"methods lists {dups} more than once; expected each method once")
+    if options is not None and not (isinstance(options, dict) and all(isinstance(v, dict) for v in options.values())):
+        raise XreconError(f"options={options!r}: expected a dict of per-method option dicts, e.g. "
+                          "{'whittaker': {'lam': 'vcurve'}}")
+    for name, value in (("by_gap", by_gap), ("by_gap_size", by_gap_size)):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, str) or not hasattr(value, "__len__"):
+            raise XreconError(f"{name}={value!r}: expected True, False or a sequence of bin edges")
+        try:
+            edges = [float(e) for e in value]
+        except (TypeError, ValueError):
+            raise XreconError(f"{name}={value!r}: expected numeric bin edges, e.g. (0, 15, 30, inf)") from None
+        if len(edges) < 2 or edges != sorted(edges) or len(set(edges)) != len(edges) or any(np.isnan(edges)):
+            raise XreconError(f"{name}={value!r}: expected at least two strictly increasing bin edges, "
+                              "e.g. (0, 15, 30, inf)")
 
 
 def plot_evaluation(table: pd.DataFrame, metric: str = "rmse", *, path: str | os.PathLike | None = None) -> Any:

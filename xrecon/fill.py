@@ -27,12 +27,12 @@ import xarray as xr
 
 from xrecon import methods
 from xrecon._version import __version__
-from xrecon.cube import DEFAULT_SAR, Cube, validate
-from xrecon.errors import CheckpointError, MethodError
+from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
+from xrecon.errors import CheckpointError, CubeError, MethodError, XreconError
 from xrecon.kernels import FillSpec, fill_patch, fill_pixels
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
-from xrecon.times import parse_query_times, to_ns
+from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
 
 __all__ = ["fill", "FillSpec"]
 
@@ -80,12 +80,13 @@ def fill(
     checkpoint: str | os.PathLike | None = None,
     optical: Hashable = "optical",
     sar: Hashable | None = DEFAULT_SAR,
-    mask: Hashable | None = None,
+    mask: Hashable | bool | None = AUTO_MASK,
     keep_observed: bool = True,
     edges: str = "hold",
     batch_size: int | None = None,
     device: str | None = None,
     gap_days: bool = False,
+    max_query_times: int = MAX_QUERY_TIMES,
     **options: Any,
 ) -> xr.Dataset:
     """Reconstruct gap-free optical reflectance at the query times.
@@ -93,11 +94,13 @@ def fill(
     See :meth:`xrecon.accessor.ReconAccessor.fill` for the parameters. Lazy whenever the cube is
     dask-backed: the result's spatial chunks are the input's, with ``time`` and ``band`` whole.
     """
+    check_fill_arguments(keep_observed=keep_observed, gap_days=gap_days, batch_size=batch_size, device=device)
     cube = validate(ds, optical=optical, sar=sar, mask=mask)
+    check_reflectance(cube.optical)
     spec_method, checkpoint = _resolve_method(method, checkpoint)
     ckpt_path, ckpt_hash = _check_checkpoint(checkpoint)
     check_edges(edges)
-    query = parse_query_times(query_times, cube.times)
+    query = parse_query_times(query_times, cube.times, max_query_times=max_query_times)
     plan = spec_method.prepare(BuildRequest(
         cube=cube, query_times=query, options=options, edges=edges, checkpoint=ckpt_path,
         checkpoint_sha256=ckpt_hash, batch_size=batch_size, device=device,
@@ -117,6 +120,53 @@ def fill(
     variables = _graph(cube, spec)
     out = xr.Dataset(coords={"time": query}).assign(variables)
     return _finish(out, ds, cube, spec, ckpt_path, ckpt_hash, options)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise XreconError(f"{name}={value!r} ({type(value).__name__}): expected True or False")
+
+
+def check_fill_arguments(*, keep_observed: Any = True, gap_days: Any = False, batch_size: Any = None,
+                         device: Any = None) -> None:
+    """XreconError for ``fill`` arguments of the wrong type, before anything is built."""
+    _check_bool("keep_observed", keep_observed)
+    _check_bool("gap_days", gap_days)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
+                                   or batch_size < 1):
+        raise XreconError(f"batch_size={batch_size!r}: expected a positive integer (pixels per batch) or None")
+    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+        raise XreconError(f"device={device!r}: expected a torch device name such as 'cpu' or 'cuda', or None")
+
+
+#: Reflectance in 0-1 units rarely exceeds 1 (bright snow, specular glint); values above this bound look like
+#: digital numbers (Sentinel-2 L2A stores reflectance * 10000).
+DN_LIKE = 1.5
+_SAMPLE = 1 << 20
+
+
+def check_reflectance(optical: xr.DataArray) -> None:
+    """CubeError when in-memory reflectance looks like digital numbers (a strided sample above DN_LIKE).
+
+    Only for numpy-backed cubes, where it costs a strided look at at most about a million values: a lazy
+    cube is never computed here (its integer encodings are checked from metadata by ``validate``).
+    """
+    if optical.chunks is not None:
+        return
+    values = np.asarray(optical.variable.data)
+    flat = values.reshape(-1)
+    step = max(1, flat.size // _SAMPLE)
+    sample = flat[::step]
+    finite = sample[np.isfinite(sample)]
+    if finite.size and float(finite.max()) > DN_LIKE:
+        high = float(np.quantile(finite, 0.99))
+        raise CubeError(
+            f"optical variable {optical.name!r} holds values up to {float(finite.max()):g} (99th percentile "
+            f"{high:g}); expected reflectance in 0-1 units (at most about {DN_LIKE}). These look like digital "
+            "numbers: decode them with xrecon.cube.decode(da, scale=1e-4) or "
+            "xrecon.cube.from_bands(..., scale=1e-4) (Sentinel-2 L2A: scale=1e-4, offset=-0.1 from "
+            "processing baseline 04.00)"
+        )
 
 
 def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ...], tuple[int, ...]],
@@ -231,6 +281,8 @@ def _finish(
         "keep_observed": int(spec.keep_observed),
         "checkpoint": "" if checkpoint is None else os.path.basename(checkpoint),
         "checkpoint_sha256": checkpoint_sha256 or "",
+        # the clear mask combined with the optical NaNs ("" = none: clear means all bands finite)
+        "mask": "" if cube.mask_name is None else str(cube.mask_name),
         "xrecon_version": __version__,
     }
     # Nothing inherited from the input store's encoding (chunks, another Zarr format's codecs) may reach

@@ -55,6 +55,13 @@ def scl_clear(scl: xr.DataArray, classes: Iterable[int] = SCL_CLEAR_DEFAULT) -> 
     >>> scl_clear(xr.DataArray(np.array([4, 8, 5, np.nan]))).values.tolist()
     [True, False, True, False]
     """
+    if isinstance(classes, str | bytes) or not isinstance(classes, Iterable):
+        raise CubeError(f"classes={classes!r}: expected SCL class numbers, e.g. (4, 5, 6)")
+    classes = list(classes)
+    if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in classes):
+        raise CubeError(f"classes={classes!r}: expected integer SCL class numbers among {sorted(SCL_CLASSES)}")
+    if not isinstance(scl, xr.DataArray):
+        raise CubeError(f"scl_clear expects the SCL layer as an xarray.DataArray, got {type(scl).__name__}")
     classes = [int(c) for c in classes]
     unknown = sorted(set(classes) - set(SCL_CLASSES))
     if unknown:

@@ -16,6 +16,10 @@ __all__ = ["fill_harmonic"]
 # equations exactly singular. It is relative to the number of clear observations, the normal matrix's scale.
 _RIDGE = 1e-9
 
+#: The highest harmonic order accepted: the normal equations hold (1 + 2 * order)^2 numbers per pixel, so an
+#: order of thousands would allocate terabytes, and annual curves need a handful of harmonics at most.
+MAX_ORDER = 32
+
 
 def _design(t: np.ndarray, n_harmonics: int, period: float, trend: bool, t_ref: float) -> np.ndarray:
     """Columns [1, (trend in years), cos 1, sin 1, ..., cos k, sin k] at the dates ``t`` (any shape)."""
@@ -59,7 +63,7 @@ def fill_harmonic(
         Before a pixel's first (after its last) clear observation: "hold" returns the fit at that
         observation's date, "nan" returns NaN.
     order : int, default 2
-        Number of harmonics of the annual period (0 fits the mean only).
+        Number of harmonics of the annual period (0 fits the mean only), at most :data:`MAX_ORDER` (32).
     period : float, default 365.25
         Period of the fundamental harmonic, in days.
     trend : bool, default False
@@ -86,7 +90,7 @@ def fill_harmonic(
     """
     _common.reject_unexpected("harmonic", options, ["edges", "order", "period", "trend"])
     edges = _common.check_edges(edges)
-    order = _common.check_int("harmonic", "order", order, 0)
+    order = _common.check_int("harmonic", "order", order, 0, MAX_ORDER)
     period = _common.check_positive("harmonic", "period", period)
     if not isinstance(trend, bool | np.bool_):
         raise MethodError(f"method 'harmonic': option trend must be True or False, got {trend!r}")

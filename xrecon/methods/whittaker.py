@@ -194,6 +194,10 @@ def _check_lam(lam: Any, order: int) -> float | str:
     return _common.check_positive("whittaker", "lam", lam)
 
 
+#: The most lambda candidates ``lam_grid`` may hold: the smoother is solved once per candidate.
+MAX_LAM_GRID = 200
+
+
 def _check_grid(lam_grid: Any, order: int) -> np.ndarray:
     if lam_grid is None:
         return _default_grid(order)
@@ -201,6 +205,11 @@ def _check_grid(lam_grid: Any, order: int) -> np.ndarray:
         grid = np.asarray(lam_grid, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise MethodError(f"method 'whittaker': option lam_grid must be positive numbers, got {lam_grid!r}") from err
+    if grid.ndim == 1 and grid.size > MAX_LAM_GRID:
+        raise MethodError(
+            f"method 'whittaker': option lam_grid has {grid.size} candidates; expected at most {MAX_LAM_GRID} "
+            "(the smoother is solved once per candidate; the default has 13)"
+        )
     if grid.ndim != 1 or grid.size < 3 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
         raise MethodError(
             "method 'whittaker': option lam_grid must be a 1-D sequence of at least 3 positive numbers, "

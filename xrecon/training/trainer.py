@@ -52,7 +52,7 @@ import torch
 import xarray as xr
 
 from xrecon._version import __version__
-from xrecon.cube import DEFAULT_SAR, validate
+from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
 from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
 from xrecon.models.base import XreconModel
 from xrecon.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
@@ -174,6 +174,15 @@ class TrainConfig:
     buffer_size: int = 4096
 
     def __post_init__(self) -> None:
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "reconstruction_weight", "tv_weight",
+                     "validation_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+                    or not math.isfinite(value):
+                raise XreconError(f"TrainConfig.{name} must be a finite number, got {value!r} "
+                                  f"({type(value).__name__}); e.g. lr=1e-3 (CLI --option lr=1e-3)")
+        if not isinstance(self.anytime, bool | np.bool_):
+            raise XreconError(f"TrainConfig.anytime must be True or False, got {self.anytime!r}")
         positive = ("steps", "batch_size", "validation_pixels", "validation_interval", "log_interval",
                     "checkpoint_interval", "min_obs", "buffer_size")
         for name in positive:
@@ -588,6 +597,16 @@ def _budget_to_run(budget: float | None, max_steps: int | None, cfg: TrainConfig
     return cfg, plan
 
 
+def _training_mask(cubes: Sequence[xr.Dataset], optical: Hashable, mask: Any) -> Hashable | bool:
+    """The one mask name every cube is read with, or False for none (``mask="auto"``: the cubes' own)."""
+    names = {resolve_mask(ds, mask, optical=optical) for ds in cubes}
+    if len(names) > 1:
+        raise CubeError(f"the cubes carry different clear masks {sorted(map(str, names))} (None = no mask); "
+                        "expected the same in every cube: pass mask=<name> or mask=False")
+    (name,) = names
+    return False if name is None else name
+
+
 def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainConfig, model_obj: XreconModel | None,
                   state: Mapping[str, Any] | None, optical: Hashable, sar: Hashable | None,
                   mask: Hashable | None) -> _Data:
@@ -602,7 +621,8 @@ def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainCon
                                                   "the resumed model" if state else "init")
     use_sar = sar_bands is not None and model_sar is not None
     sar_name = sar if use_sar else None
-    keep = [optical] + ([mask] if mask is not None else []) + ([sar_name] if use_sar else [])
+    has_mask = mask is not None and mask is not False
+    keep = [optical] + ([mask] if has_mask else []) + ([sar_name] if use_sar else [])
     selected = []
     for ds in cubes:
         ds = ds[keep]
@@ -889,7 +909,7 @@ def train(
     init: str | os.PathLike | XreconModel | None = None,
     optical: Hashable = "optical",
     sar: Hashable | None = DEFAULT_SAR,
-    mask: Hashable | None = None,
+    mask: Hashable | bool | None = AUTO_MASK,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -936,7 +956,9 @@ def train(
         ``anytimeformer.from_official(...)``. Its bands must match the cube's by name, and its
         normalization statistics are kept (the weights were trained with them).
     optical, sar, mask : str
-        Variable names, as for ``fill``; ``sar=None`` trains an optical-only network.
+        Variable names, as for ``fill``; ``sar=None`` trains an optical-only network. ``mask="auto"``
+        (the default) uses the cubes' own clear mask (recorded by ``from_bands`` or named ``clear``);
+        ``mask=False`` none.
     resume : bool
         Continue from the last checkpoint if there is one (else start afresh), with its settings;
         ``steps`` may be raised to train longer (the schedule then stretches to the new length).
@@ -982,12 +1004,15 @@ def train(
     >>> filled = ds.recon.fill("10D", method="anytimeformer", checkpoint=ckpt)  # doctest: +SKIP
     """
     t_start = _now()
+    if not isinstance(out, str | os.PathLike) or not os.fspath(out).strip():
+        raise XreconError(f"out={out!r}: expected a checkpoint file path, e.g. 'model.xrecon'")
     budget = parse_time_budget(time_budget)
     task = _task(method)
     preset = _preset(task, preset, model)
     shortcuts = dict(steps=steps if budget is None else None, batch_size=batch_size, seed=seed,
                      validation_fraction=validation_fraction)
     cubes, cfg, explicit, architecture = _resolve_options(task, cubes, config, options, shortcuts)
+    mask = _training_mask(cubes, optical, mask)
     paths = training_files(out)
     cfg, model_obj, state = _starting_point(paths, cfg, explicit, architecture, task, init, resume, overwrite)
     cfg, plan = _budget_to_run(budget, steps, cfg, state, fit_warmup=config is None and "warmup" not in options)
