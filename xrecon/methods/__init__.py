@@ -81,6 +81,21 @@ register(
     summary="AnytimeFormer network (Tang et al. 2025), optical + SAR, any query day; needs checkpoint=",
 )
 
+register(
+    "restore-dit",
+    "xrecon.methods.restore_dit:fill_restore_dit",
+    footprint="patch",
+    halo=127,  # = xrecon.methods.restore_dit.HALO: tiles up to 128 px; the build step refuses larger ones
+    build="xrecon.methods.restore_dit:build",
+    options=("n_samples", "steps", "seed", "sampler", "tile", "overlap", "frames", "sar_window", "precision"),
+    outputs=("optical", "optical_std"),
+    needs_checkpoint=True,
+    sar=True,
+    training="xrecon.training.restore_dit:RestoreDiTTask",
+    summary="RESTORE-DiT diffusion transformer (Shu et al. 2025), optical + SAR, seam-free tiles, "
+            "n_samples -> optical_std; needs checkpoint=",
+)
+
 
 def get_method(name: str) -> Callable[..., object]:
     """The kernel of a registered method (``fill_<name>`` for the classical ones).

@@ -369,7 +369,7 @@ def list_methods() -> list[str]:
     --------
     >>> import xrecon.methods
     >>> xrecon.methods.list_methods()
-    ['anytimeformer', 'harmonic', 'linear', 'neighbors', 'whittaker']
+    ['anytimeformer', 'harmonic', 'linear', 'neighbors', 'restore-dit', 'whittaker']
     """
     return sorted(_REGISTRY)
 
@@ -398,7 +398,7 @@ def trainable_methods() -> list[str]:
     --------
     >>> from xrecon.methods import trainable_methods
     >>> trainable_methods()
-    ['anytimeformer']
+    ['anytimeformer', 'restore-dit']
     """
     return [name for name in list_methods() if _REGISTRY[name].training is not None]
 

@@ -1,0 +1,281 @@
+"""Training RESTORE-DiT on one's own cubes: patch windows, transplanted clouds, the x0 diffusion loss.
+
+:class:`RestoreDiTTask` is the :class:`~xrecon.training.tasks.TrainingTask` of ``method="restore-dit"``,
+so ``ds.recon.train(method="restore-dit", ...)`` runs it through the generic trainer (time budget,
+resuming, checkpoints, CSV log, mixed precision). As upstream (SQD1/RESTORE-DiT,
+``lib/trainerDiff_SARv4.py``) trains:
+
+- a 1000-step linear-beta schedule (diffusers' ``DDPMScheduler(num_train_timesteps=1000,
+  beta_schedule="linear")``; :func:`add_noise` is its ``add_noise`` in closed form), one random
+  timestep per sequence;
+- the model input is the noised sequence where masked (simulated clouds, and anything not observed)
+  and the clean observation elsewhere;
+- the network predicts x0 ("sample"), and the loss is the MSE on the masked pixels that are truly
+  observed, normalised by their number (:func:`masked_mse`), so it does not scale with the cloud fraction.
+
+>>> task = RestoreDiTTask()
+>>> sorted(task.presets())
+['authors', 'authors-optical', 'small', 'tiny']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xrecon.errors import MethodError, XreconError
+from xrecon.models.base import XreconModel
+from xrecon.training.patches import PatchStream
+from xrecon.training.stats import NormStats
+from xrecon.training.tasks import TrainingTask
+
+__all__ = ["VALIDATION_TIMESTEPS", "RestoreDiTTask", "add_noise", "linear_alphas_cumprod", "masked_mse"]
+
+#: The timesteps of the validation score: those of DPM-Solver++ with 1 to 4 steps (999 is the one step
+#: of the authors' evaluation, from pure noise).
+VALIDATION_TIMESTEPS = (999, 749, 500, 250)
+_VALIDATION_NOISE_SEED = 0
+_SAMPLE_BYTES_BUFFER = 512 * 2**20  # the shuffle buffer holds at most about this much
+
+
+def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+                          beta_end: float = 0.02) -> torch.Tensor:
+    """``(N,)`` float32 cumulative products of ``1 - beta`` of the linear schedule, as diffusers' DDPMScheduler.
+
+    Examples
+    --------
+    >>> a = linear_alphas_cumprod()
+    >>> a.shape, round(float(a[0]), 6), float(a[-1]) < 1e-4
+    (torch.Size([1000]), 0.9999, True)
+    """
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` per sequence (``t`` (B,)), as ``DDPMScheduler.add_noise``.
+
+    Examples
+    --------
+    >>> x0, noise = torch.ones(2, 3), torch.zeros(2, 3)
+    >>> add_noise(x0, noise, torch.tensor([0, 999]), linear_alphas_cumprod())[:, 0]
+    tensor([0.9999, 0.0064])
+    """
+    a = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t.to(x0.device)]  # (B,)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    return a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the pixels where ``weight`` is True, every band: ``sum / (n_pixels * C)``.
+
+    ``pred`` and ``target`` are ``(B, T, C, H, W)``, ``weight`` ``(B, T, H, W)`` bool (the hidden, truly
+    observed pixels). Normalised by the number of such pixels in the batch, so the loss is the same
+    for a per-pixel error whatever the cloud fraction; 0 (with a zero gradient) when there are none.
+
+    Examples
+    --------
+    >>> pred, target = torch.ones(1, 2, 3, 4, 4), torch.zeros(1, 2, 3, 4, 4)
+    >>> w = torch.zeros(1, 2, 4, 4, dtype=torch.bool); w[0, 0, :2] = True
+    >>> float(masked_mse(pred, target, w)), float(masked_mse(pred, target, torch.ones_like(w)))
+    (1.0, 1.0)
+    """
+    w = weight.unsqueeze(2).to(pred.dtype)  # (B, T, 1, H, W)
+    n = weight.sum() * pred.shape[2]
+    return (((pred.float() - target.float()) ** 2) * w).sum() / n.clamp(min=1)
+
+
+class RestoreDiTTask(TrainingTask):
+    """Training RESTORE-DiT (Shu et al. 2025): space-time windows, transplanted clouds, the x0 loss.
+
+    - **Architecture**: ``preset=`` is a name of :data:`xrecon.models.restore_dit.PRESETS` (default
+      ``"small"``, CPU-sized; ``"authors"`` is the paper's size, for a GPU) or a ``RestoreDiTConfig``;
+      its fields other than the numbers of bands are the architecture options. The numbers and names
+      of bands come from the cube (an optical-only preset ignores the cube's SAR).
+    - **Units** (buffers of the checkpoint): optical ``(reflectance - mean) / (3 std)`` per band of the
+      training blocks' clear observations, SAR ``(dB - mean) / (2 std)`` (upstream's SAR map), both
+      clamped to [-1, 1]. Frames and pixels without SAR in reach get 0, the mean: no information.
+    - **Samples**: a :class:`~xrecon.training.patches.PatchStream` of ``tile x tile`` windows of
+      ``frames`` consecutive dates; ``TrainConfig.batch_size`` counts windows (use a few: 8-32),
+      as do ``validation_pixels`` and ``buffer_size`` (the buffer is also capped at about 512 MiB).
+      ``tile`` is the class's (32), or half the smaller side of the smallest cube rounded down to a
+      multiple of 16 when that is smaller (so a small cube still makes blocks to hold out).
+    - **Loss**: :func:`masked_mse` of the x0 prediction on the simulated clouds' clear pixels, the
+      input noised (:func:`add_noise`, a random timestep per window) where masked (simulated clouds
+      and missing pixels) and clean where observed.
+    - **Validation**: that loss and the RMSE in reflectance of a one-step x0 prediction at each of
+      :data:`VALIDATION_TIMESTEPS`, with noise from a fixed seed: deterministic.
+
+    Subclass it to change ``tile``, ``frames``, ``min_clear`` or ``sar_window``, and register the
+    subclass as a method's ``training``.
+    """
+
+    name = "restore-dit"
+    terms = ("hidden_share",)
+    sample = "window"
+    default_preset = "small"
+    tile: ClassVar[int] = 32
+    frames: ClassVar[int] = 8
+    min_clear: ClassVar[float] = 0.3
+    sar_window: ClassVar[float] = 6.0
+
+    def __init__(self) -> None:
+        self._alphas: torch.Tensor | None = None
+        self._date_shift = 0.0
+
+    # -- the model -------------------------------------------------------------------------------
+    def options(self) -> frozenset[str]:
+        from xrecon.models.restore_dit import RestoreDiTConfig
+
+        return frozenset(f.name for f in dataclasses.fields(RestoreDiTConfig)) - {"n_optical_bands", "n_sar_bands"}
+
+    def presets(self) -> dict[str, str]:
+        from xrecon.models.restore_dit import PRESETS
+
+        out = {}
+        for name, c in PRESETS.items():
+            text = f"hidden {c.hidden_size}, depth {c.depth}, {c.num_heads} heads, patch {c.patch_size}"
+            text += ", optical only" if c.n_sar_bands == 0 else ""
+            out[name] = ("the authors' size (for a GPU): " + text) if name.startswith("authors") else text
+        return out
+
+    def new_model(self, preset: Any, architecture: Mapping[str, Any], bands: Sequence[str],
+                  sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
+        from xrecon.models.restore_dit import PRESETS, RestoreDiT, RestoreDiTConfig
+
+        if isinstance(preset, str):
+            if preset not in PRESETS:
+                raise MethodError(f"preset={preset!r} is not a RESTORE-DiT preset; presets: {sorted(PRESETS)}")
+            base = PRESETS[preset]
+        elif isinstance(preset, RestoreDiTConfig):
+            base = preset
+        else:
+            raise MethodError(f"preset must be a preset name or a RestoreDiTConfig, got {type(preset).__name__}")
+        use_sar = sar_bands is not None and base.n_sar_bands > 0
+        config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands),
+                                     n_sar_bands=len(sar_bands) if use_sar else 0)
+        net = RestoreDiT(config)
+        with torch.no_grad():
+            net.optical_offset.copy_(torch.as_tensor(stats.optical_mean, dtype=torch.float32))
+            net.optical_scale.copy_(torch.as_tensor(3 * np.maximum(stats.optical_std, 1e-4), dtype=torch.float32))
+            if use_sar:
+                net.sar_offset.copy_(torch.as_tensor(stats.sar_mean, dtype=torch.float32))
+                net.sar_scale.copy_(torch.as_tensor(2 * np.maximum(stats.sar_std, 1e-4), dtype=torch.float32))
+        net.optical_bands = list(bands)
+        net.sar_bands = list(sar_bands) if use_sar else None
+        return _with_normalization(net)
+
+    def load_init(self, init: Any) -> XreconModel:
+        return _with_normalization(super().load_init(init))
+
+    # -- the data --------------------------------------------------------------------------------
+    def tile_size(self, cubes: Sequence[xr.Dataset], optical: Any) -> int:
+        """The window side for ``cubes``: :attr:`tile`, or less for small cubes (a multiple of 16)."""
+        side = min(min(ds[optical].sizes["y"], ds[optical].sizes["x"]) for ds in cubes)
+        half = (side // 2) // 16 * 16
+        size = min(self.tile, half) if half >= 16 else min(self.tile, side // 16 * 16 or side)
+        if size < 1:
+            raise XreconError(f"the cubes are too small ({side} pixels) for RESTORE-DiT windows")
+        return size
+
+    def stream(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> PatchStream:
+        size = self.tile_size(cubes, kwargs.get("optical", "optical"))
+        if "buffer_size" in kwargs:
+            # a window is far larger than a pixel-year: cap the buffer's memory
+            first = cubes[0]
+            n_band = first[kwargs.get("optical", "optical")].sizes["band"]
+            sar = kwargs.get("sar")
+            n_sar = first[sar].sizes["sar_band"] if sar is not None and sar in first else 0
+            sample_bytes = self.frames * size * size * (4 * (n_band + n_sar) + 3)
+            kwargs["buffer_size"] = max(1, min(int(kwargs["buffer_size"]), _SAMPLE_BYTES_BUFFER // sample_bytes))
+        return PatchStream(cubes, size=size, frames=self.frames, min_clear=self.min_clear,
+                           sar_window=self.sar_window, **kwargs)
+
+    # -- the steps -------------------------------------------------------------------------------
+    def setup(self, model: XreconModel) -> None:
+        p = next(model.parameters())
+        self._alphas = linear_alphas_cumprod(model.config.num_train_timesteps).to(p.device)
+        self._date_shift = _date_shift(model)
+
+    def _schedule(self, model: XreconModel, device: torch.device) -> torch.Tensor:
+        # setup() is the trainer's; the task may be used on its own
+        if self._alphas is None or self._alphas.device != device:
+            self._alphas = linear_alphas_cumprod(model.config.num_train_timesteps).to(device)
+            self._date_shift = _date_shift(model)
+        return self._alphas
+
+    def inputs(self, model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        """A batch in model units: ``x0`` (B, T, C, H, W) (0 where not observed), ``mask`` (B, T, H, W)
+        (to reconstruct: simulated clouds and missing pixels), ``target`` (B, T, H, W) (hidden and
+        truly observed: where the loss is), ``dates`` (B, T), ``sar`` (B, T, S, H, W) or None."""
+        valid, cloud = batch["valid"], batch["cloud"]
+        x0 = torch.where(valid.unsqueeze(2), model.to_model_units(batch["optical"]), 0.0)
+        sar = None
+        if model.config.n_sar_bands and batch["sar"].shape[2] > 0:
+            sar = torch.where(batch["sar_valid"].unsqueeze(2), model.sar_to_model_units(batch["sar"]), 0.0)
+        dates = batch["dates"].float() + self._date_shift
+        return {"x0": x0, "mask": cloud | ~valid, "target": cloud & valid, "dates": dates, "sar": sar}
+
+    def predict(self, model: Any, b: Mapping[str, Any], t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The x0 prediction from ``b`` (:meth:`inputs`) noised to ``t`` where masked, clean elsewhere."""
+        alphas = self._schedule(model, b["x0"].device)
+        noisy = add_noise(b["x0"], noise, t, alphas)
+        x = torch.where(b["mask"].unsqueeze(2), noisy, b["x0"])  # (B, T, C, H, W)
+        t = model.check_inputs(x, t, b["dates"], b["sar"])  # shapes only: a tile not a multiple of the patch raises
+        return model(x, t, b["dates"], b["sar"])[:, :, : model.config.n_optical_bands].float()
+
+    def loss(self, model: XreconModel, batch: Mapping[str, torch.Tensor], cfg: Any,
+             ) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
+        b = self.inputs(model, batch)
+        x0 = b["x0"]
+        n_steps = model.config.num_train_timesteps
+        t = torch.randint(0, n_steps, (x0.shape[0],), device=x0.device)  # one timestep per window
+        noise = torch.randn_like(x0)
+        pred = self.predict(model, b, t, noise)
+        loss = masked_mse(pred, x0, b["target"])
+        share = b["target"].sum() / batch["valid"].sum().clamp(min=1)
+        return loss, (share.float(),)
+
+    def validate(self, model: XreconModel, batches: Iterable[Mapping[str, torch.Tensor]], cfg: Any,
+                 ) -> tuple[float, float]:
+        gen = torch.Generator().manual_seed(_VALIDATION_NOISE_SEED)
+        scale = model.optical_scale.float()
+        sq, sq_refl, count = 0.0, 0.0, 0
+        for batch in batches:
+            b = self.inputs(model, batch)
+            x0, target = b["x0"], b["target"]
+            w = target.unsqueeze(2).float()
+            for step in VALIDATION_TIMESTEPS:
+                # noise drawn on the CPU from a fixed seed: the same score on every device
+                noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+                t = torch.full((x0.shape[0],), step, device=x0.device, dtype=torch.long)
+                d = (self.predict(model, b, t, noise) - x0.float()) * w
+                sq += float((d**2).sum())
+                sq_refl += float(((d * scale[:, None, None]) ** 2).sum())
+                count += int(target.sum()) * x0.shape[2]
+        if count == 0:
+            return float("nan"), float("nan")
+        return sq / count, math.sqrt(sq_refl / count)
+
+
+def _with_normalization(net: Any) -> Any:
+    """The trainer reads a model's ``normalization`` mapping (for the provenance): RESTORE-DiT's are its
+    unit maps. Set as a snapshot on the instance unless the model class provides it."""
+    if not hasattr(type(net), "normalization"):
+        net.normalization = {k: getattr(net, k).detach().cpu().numpy().copy()
+                             for k in ("optical_offset", "optical_scale", "sar_offset", "sar_scale")}
+    return net
+
+
+def _date_shift(model: Any) -> float:
+    """Days to add to the stream's dates (since its origin) to get days since the model's origin."""
+    from xrecon.training.patches import DEFAULT_DATE_ORIGIN
+
+    origin = np.datetime64(model.config.date_origin, "D")
+    return float((np.datetime64(DEFAULT_DATE_ORIGIN, "D") - origin) / np.timedelta64(1, "D"))
