@@ -47,10 +47,7 @@ def _range(start: pd.Timestamp, end: pd.Timestamp, freq: str, text: str, max_que
         start, end = pd.Timestamp(start).as_unit("ns"), pd.Timestamp(end).as_unit("ns")
         first_two = pd.date_range(start, periods=2, freq=offset)
     except (ValueError, OverflowError) as err:  # OutOfBoundsDatetime is a ValueError
-        raise QueryTimesError(
-            f"query times {text!r} fall outside the datetime64[ns] range ({err}); expected dates between "
-            "1678 and 2261"
-        ) from None
+        raise _out_of_range(text, err) from None
     # Count before building: exact for fixed steps (days, hours...), within a few percent for calendar
     # ones (months, years...), whose length is checked exactly once built.
     step_ns = max((first_two[1] - first_two[0]).value, 1)
@@ -83,6 +80,12 @@ def _check_datetime_values(values: np.ndarray) -> None:
     )
 
 
+def _out_of_range(text: str, err: Exception) -> QueryTimesError:
+    return QueryTimesError(
+        f"query times {text!r} fall outside the datetime64[ns] range ({err}); expected dates between 1678 and 2261"
+    )
+
+
 def _as_naive_utc(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
     return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
 
@@ -100,8 +103,11 @@ def _parse_string(text: str, observed: pd.DatetimeIndex, max_query_times: int) -
                 f"cannot read query times {text!r} as START/END/FREQ ({err}); expected e.g. "
                 "'2019-01-01/2019-12-31/5D'"
             ) from None
-        return _range(_as_naive_utc(pd.DatetimeIndex([start_ts]))[0], _as_naive_utc(pd.DatetimeIndex([end_ts]))[0],
-                      freq, text, max_query_times)
+        try:  # pandas 2 casts to nanoseconds here already (pandas 3 keeps the unit and fails in _range)
+            start_ts, end_ts = (_as_naive_utc(pd.DatetimeIndex([ts]))[0] for ts in (start_ts, end_ts))
+        except (ValueError, OverflowError) as err:  # OutOfBoundsDatetime is a ValueError
+            raise _out_of_range(text, err) from None
+        return _range(start_ts, end_ts, freq, text, max_query_times)
     if len(parts) == 1:
         try:
             pd.tseries.frequencies.to_offset(text)
