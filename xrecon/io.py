@@ -209,14 +209,8 @@ def _alive(holder: Mapping[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return True
     pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     started = holder.get("started")
     return started is None or _proc_start(pid) in (None, started)
 
