@@ -153,6 +153,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _check_path("INPUT", args.input)
     _check_path("OUTPUT", args.output)
+    if args.threads is not None and args.threads < 1:
+        raise XreconError(f"--threads {args.threads}: expected a positive number of torch threads, e.g. --threads 1")
     ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
     options = dict(_parse_option(o) for o in args.option)
     best = ds.recon.train(
@@ -164,6 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
         validation_fraction=args.validation_fraction,
         init=args.init,
         optical=args.optical,
@@ -286,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None, help="pixels per step (default 256)")
     t.add_argument("--seed", type=int, default=None, help="seed of hold-out, data order, gaps, weights")
     t.add_argument("--device", default=None, help="torch device; default cuda if available")
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads on the CPU (torch.set_num_threads), e.g. 1 or 2 on a shared machine; "
+                        "default: torch's own")
     t.add_argument("--validation-fraction", type=float, default=None, help="share of spatial blocks held out")
     t.add_argument("--init", default=None, help="fine-tune from this xrecon checkpoint")
     _add_cube_arguments(t, chunks_example="y=256,x=256")

@@ -34,6 +34,7 @@ every timing reads the module's clock ``_now``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -665,6 +666,8 @@ class _Run:
     state are set up in the order a fresh and a resumed run share.
     """
 
+    threads: int | None = None  # train(threads=...) on the CPU, for the provenance
+
     def __init__(self, task: TrainingTask, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None,
                  init_source: Any, paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype,
                  t_start: float, budget: _Budget | None = None) -> None:
@@ -705,7 +708,8 @@ class _Run:
             "architecture": self.task.architecture(self.net),
             "best_step": p.best_step, "best_val_loss": p.best, "val_loss": p.last_val[0], "val_rmse": p.last_val[1],
             "pixels": p.pixels, "train_seconds": p.train_seconds, "device": str(self.dev), "precision": str(self.amp),
-            "torch_threads": torch.get_num_threads(), "xrecon_version": __version__, "init": self.init_source,
+            "torch_threads": torch.get_num_threads(), "threads": self.threads,
+            "xrecon_version": __version__, "init": self.init_source,
             "validation_blocks": data.val_blocks.tolist(), "block": data.block,
             "normalization": {k: v.tolist() for k, v in self.norm.items()},
             "time_budget": None if self.budget is None else self.budget.to_dict(),
@@ -905,6 +909,7 @@ def train(
     batch_size: int | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    threads: int | None = None,
     validation_fraction: float | None = None,
     init: str | os.PathLike | XreconModel | None = None,
     optical: Hashable = "optical",
@@ -951,6 +956,10 @@ def train(
         Shortcuts for the :class:`TrainConfig` fields.
     device : str or torch.device, optional
         None: CUDA when available, else the CPU.
+    threads : int, optional
+        Torch's intra-op threads for a run on the CPU (``torch.set_num_threads``), restored when the run
+        ends; recorded in the provenance (``threads``, and ``torch_threads`` the count used). None:
+        torch's current setting. Ignored on a GPU. ``xrecon train --threads``.
     init : path or XreconModel, optional
         Fine-tune from these weights: an xrecon checkpoint, or a model such as
         ``anytimeformer.from_official(...)``. Its bands must match the cube's by name, and its
@@ -1006,6 +1015,9 @@ def train(
     t_start = _now()
     if not isinstance(out, str | os.PathLike) or not os.fspath(out).strip():
         raise XreconError(f"out={out!r}: expected a checkpoint file path, e.g. 'model.xrecon'")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer)
+                                or threads < 1):
+        raise XreconError(f"threads={threads!r}: expected a positive number of torch threads, e.g. threads=1")
     budget = parse_time_budget(time_budget)
     task = _task(method)
     preset = _preset(task, preset, model)
@@ -1020,11 +1032,12 @@ def train(
     dev = resolve_device(device)
     amp = _precision(cfg.precision, dev)
     rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
+    with _cpu_threads(threads, dev), torch.random.fork_rng(devices=rng_devices):
         # Our own seeded random state for the weights and dropout; the caller's is restored afterwards.
         torch.manual_seed(cfg.seed)
         model_obj, init_source = _model_to_train(task, model_obj, preset, architecture, data, state, init)
         run = _Run(task, cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start, plan)
+        run.threads = int(threads) if threads is not None and dev.type == "cpu" else None
         planning = plan is not None and plan.planned is None
         bar = _bar(progress, run.p.step, None if planning else cfg.steps)
         bar.write(f"train {task.name}: preset {_describe_preset(preset, init, state)}, device {dev}"
@@ -1087,6 +1100,20 @@ def train(
             bar.write(f"train: best step {p.best_step} of {p.step}, validation loss {p.best:.4g}; "
                       f"{_now() - t_start:.0f} s")
     return paths[0]
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None, dev: torch.device) -> Any:
+    """``torch.set_num_threads(threads)`` for a run on the CPU, the caller's setting restored afterwards."""
+    if threads is None or dev.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _preset(task: TrainingTask, preset: Any, model: Any) -> Any:
