@@ -126,3 +126,15 @@ def test_cli_fill_resume_and_second_writer(cube_path, tmp_path, capsys, monkeypa
     np.testing.assert_array_equal(xr.open_zarr(out).optical.values, xr.open_zarr(clean).optical.values)
     assert xr.open_zarr(out).attrs == xr.open_zarr(clean).attrs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.zarr", "out.zarr"]
+
+
+def test_cli_help_shows_defaults_and_evaluate_takes_device_batch_quiet(cube_path, capsys):
+    from xrecon.cli import build_parser
+
+    fill_help = build_parser()._subparsers._group_actions[0].choices["fill"].format_help()
+    assert "(default: linear)" in fill_help and "(default: hold)" in fill_help
+    assert "(default: None)" not in fill_help
+    assert main(["evaluate", str(cube_path), "--methods", "linear", "--quiet", "--device", "cpu",
+                 "--batch-size", "64"]) == 0
+    out = capsys.readouterr()
+    assert "linear" in out.out and "xrecon evaluate" not in out.err  # --quiet: no progress bar

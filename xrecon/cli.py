@@ -132,6 +132,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         by_gap=args.by_gap,
         gaps=args.gaps,
         by_gap_size=args.by_gap_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
     )
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(table.round(5).to_string(index=False))
@@ -195,7 +198,18 @@ def _preset_help() -> str:
     return "architecture preset, the same name as train(preset=...) in Python. " + ". ".join(parts)
 
 
-class _TrainHelp(argparse.HelpFormatter):
+class _Help(argparse.HelpFormatter):
+    """``--help`` shows each option's default, where it has one worth saying (not None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" not in text and action.option_strings and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS and not isinstance(action.default, list)):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _TrainHelp(_Help):
     """``xrecon train --help``: the presets are listed only when the help is shown (they import torch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -229,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr")
+    f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr", formatter_class=_Help)
     f.add_argument("input", help="input cube: Zarr store or netCDF file")
     f.add_argument("output", help="output Zarr store (refused if it exists, unless --overwrite)")
     f.add_argument("--method", default="linear", help=f"one of: {', '.join(list_methods())}")
@@ -257,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fill)
 
-    e = sub.add_parser("evaluate", help="hide clear observations, reconstruct them, print MAE/RMSE/R2")
+    e = sub.add_parser("evaluate", help="hide clear observations, reconstruct them, print MAE/RMSE/R2",
+                       formatter_class=_Help)
     e.add_argument("input", help="input cube: Zarr store or netCDF file")
     e.add_argument("--methods", default="linear,harmonic,whittaker",
                    help=f"comma-separated method names, of: {', '.join(list_methods())}")
@@ -273,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score by gap size (distance in pixels to the nearest clear pixel of the date)")
     e.add_argument("--csv", default=None, help="also write the table to this CSV file")
     e.add_argument("--plot", default=None, help="also plot RMSE per band (and by gap) to this image file")
+    e.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
+    e.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
 
     t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint",
@@ -303,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
-    d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure")
+    d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure", formatter_class=_Help)
     d.add_argument("--out", default="xrecon-demo", help="output folder")
     d.add_argument("--size", type=int, default=128, help="cube width and height in pixels")
     d.add_argument("--quiet", action="store_true", help="no progress bar")

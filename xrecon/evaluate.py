@@ -166,6 +166,7 @@ def evaluate(
     gaps: str | int = "pixels",
     by_gap_size: bool | Sequence[float] = False,
     options: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
     **fill_kwargs: Any,
 ) -> pd.DataFrame:
     """Hide a fraction of the clear observations, reconstruct them with each method and score them.
@@ -199,6 +200,8 @@ def evaluate(
         beyond the largest finite edge fall in the last, open class).
     options : dict, optional
         Per-method options, e.g. ``{"whittaker": {"lam": "vcurve"}}``.
+    progress : bool
+        Show a progress bar while the one pass over the data runs.
     **fill_kwargs
         Passed to every ``fill`` (``batch_size``, ``device``, ``edges``...).
 
@@ -266,7 +269,13 @@ def evaluate(
         pred = out["optical"]
         for g, (_, where) in enumerate(groups):
             lazy[(method, g)] = _sums(pred, truth, where)
-    (computed,) = dask.compute(lazy)
+    if progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="xrecon evaluate", unit="task"):
+            (computed,) = dask.compute(lazy)
+    else:
+        (computed,) = dask.compute(lazy)
     rows = []
     for (method, g), sums in computed.items():
         sums = {k: np.asarray(v) for k, v in sums.items()}
