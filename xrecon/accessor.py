@@ -124,6 +124,16 @@ class ReconAccessor:
             **options,
         )
 
+    def check(self, query_times: Any = None, **kwargs: Any) -> Any:
+        """Report what would make a reconstruction wrong or slow, before running it.
+
+        Returns an :class:`xrecon.check.Report` (a readable ``repr`` and ``.to_frame()``); ``strict=True``
+        raises on any warning. See :func:`xrecon.check.check` for the options.
+        """
+        from xrecon.check import check
+
+        return check(self._ds, query_times=query_times, **kwargs)
+
     def evaluate(
         self,
         methods: Any = ("linear", "harmonic", "whittaker"),

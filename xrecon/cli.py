@@ -216,6 +216,19 @@ class _TrainHelp(_Help):
         return _preset_help() if action.dest == "preset" else super()._get_help_string(action)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    import xrecon  # noqa: F401  (registers the accessor)
+    from xrecon.io import open_cube
+
+    _check_path("INPUT", args.input)
+    ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    report = ds.recon.check(args.query_times, methods=methods, optical=args.optical, sar=args.sar, mask=_mask(args),
+                            strict=args.strict)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from xrecon.demo import run_demo
 
@@ -320,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start again over files of an earlier run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
+
+    c = sub.add_parser("check", help="report what would make a reconstruction wrong or slow, before running it",
+                       formatter_class=_Help)
+    c.add_argument("input", help="input cube: Zarr store or netCDF file")
+    c.add_argument("--query-times", default=None, help="as for fill: SAR coverage is judged around them")
+    c.add_argument("--methods", default="linear,harmonic,whittaker", help="methods whose needs are checked")
+    _add_cube_arguments(c)
+    c.add_argument("--strict", action="store_true", help="exit with an error on any warning")
+    c.set_defaults(func=_cmd_check)
 
     d = sub.add_parser("demo", help="fill a synthetic cube, write Zarr and a figure", formatter_class=_Help)
     d.add_argument("--out", default="xrecon-demo", help="output folder")
