@@ -198,3 +198,30 @@ def test_day_conversions():
     t = pd.DatetimeIndex(["1970-01-02", "2020-12-31", "2021-01-01T12:00"])
     np.testing.assert_allclose(to_days(t)[0], 1.0)
     assert day_of_year(t).tolist() == [2.0, 366.0, 1.0]
+
+
+def test_separate_s2_and_s1_files_recipe():
+    """docs/stac.md: from_bands on each file, then merge; integer SAR needs sar_decode; sentinels -> NaN."""
+    import pandas as pd
+
+    from xrecon.cube import dn_to_db
+
+    t2, t1 = pd.date_range("2021-01-01", periods=4, freq="10D"), pd.date_range("2021-01-03", periods=5, freq="6D")
+    s2 = xr.Dataset({b: (("t", "y", "x"), np.full((4, 3, 3), 1200, "uint16")) for b in ["B04", "B08"]},
+                    coords={"t": t2, "y": [0.0, 1.0, 2.0], "x": [0.0, 1.0, 2.0]})
+    dn = np.full((5, 3, 3), 1000, "uint16")
+    dn[0, 0, 0], dn[1, 1, 1] = 65535, 65534
+    s1 = xr.Dataset({"VV": (("t", "y", "x"), dn), "VH": (("t", "y", "x"), dn // 2)},
+                    coords={"t": t1, "y": [0.0, 1.0, 2.0], "x": [0.0, 1.0, 2.0]})
+    optical = from_bands(s2, ["B04", "B08"], scale=1e-4, time_dim="t")
+    with pytest.raises(CubeError, match="sar_decode"):
+        from_bands(s1, [], sar_bands=["VV", "VH"], time_dim="t")
+    radar = from_bands(s1, [], sar_bands=["VV", "VH"], sar_decode=dn_to_db("amplitude"), time_dim="t")
+    assert list(radar.data_vars) == ["sar"]
+    cube = xr.merge([optical, radar])
+    assert cube.sizes["time"] == 4 and cube.sizes["sar_time"] == 5
+    validate(cube)
+    vv = cube.sar.sel(sar_band="VV").values
+    assert np.isnan(vv[0, 0, 0]) and np.isnan(vv[1, 1, 1]) and np.isclose(vv[2, 2, 2], 20 * 3 - 83)
+    with pytest.raises(CubeError, match="kind"):
+        dn_to_db("linear")

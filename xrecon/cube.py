@@ -22,8 +22,8 @@ import xarray as xr
 
 from xrecon.errors import CubeError
 
-__all__ = ["Cube", "validate", "resolve_mask", "from_bands", "decode", "DEFAULT_SAR", "DEFAULT_MASK", "AUTO_MASK",
-           "MASK_ATTR"]
+__all__ = ["Cube", "validate", "resolve_mask", "from_bands", "decode", "dn_to_db", "DEFAULT_SAR", "DEFAULT_MASK",
+           "AUTO_MASK", "MASK_ATTR"]
 
 #: The default name of the SAR variable; a cube without it is an optical-only cube.
 DEFAULT_SAR = "sar"
@@ -458,7 +458,9 @@ def from_bands(
         removed (``S2-L2A-B02`` -> ``B02``).
     sar_bands, sar_decode, sar_nodata, sar_band_names
         The same for SAR: variables to stack into ``sar`` ``(sar_time, sar_band, y, x)`` in dB.
-        ``sar_decode`` turns stored values into dB (None: they are dB already).
+        ``sar_decode`` turns stored values into dB (None: they are dB already; integer SAR is refused
+        without it). For unsigned digital numbers use :func:`dn_to_db` ("amplitude" or "power", with the
+        product's calibration constant; sentinel values become NaN).
 
     Returns
     -------
@@ -475,9 +477,9 @@ def from_bands(
     >>> cube.optical.dims, round(float(cube.optical.max()), 4)
     (('time', 'band', 'y', 'x'), 0.15)
     """
-    if isinstance(bands, str) or not bands:
+    if isinstance(bands, str) or (not bands and not sar_bands):
         raise CubeError(f"bands={bands!r}: from_bands needs a list of optical band variable names, e.g. "
-                        "['B02', 'B03', 'B04']")
+                        "['B02', 'B03', 'B04'] (or bands=[] with sar_bands= for a SAR-only part)")
 
     def decode_optical(da: xr.DataArray) -> xr.DataArray:
         stored_as_int = np.issubdtype(da.dtype, np.integer) or (
@@ -503,9 +505,12 @@ def from_bands(
             return out.where(~da.isin(np.atleast_1d(sar_nodata))) if sar_nodata is not None else out
         return decode(da, func=sar_decode, nodata=sar_nodata)
 
-    optical = _stack(ds, bands, band_names, time_dim, "time", "band", decode_optical)
-    out = xr.Dataset({"optical": optical})
+    out = xr.Dataset()
+    if bands:
+        out["optical"] = _stack(ds, bands, band_names, time_dim, "time", "band", decode_optical)
     if mask is not None:
+        if not bands:
+            raise CubeError("mask= goes with optical bands; this call builds SAR only (bands=[])")
         clear = _get_variable(ds, mask, "mask") if isinstance(mask, str) else mask
         tdim = _find_time_dim(clear, time_dim)
         if clear.dtype != bool:
@@ -524,6 +529,32 @@ def from_bands(
             break
     out.attrs = dict(ds.attrs)
     return out
+
+
+def dn_to_db(kind: str = "amplitude", *, calibration: float = 83.0,
+             invalid: Sequence[float] = (0, 65534, 65535)) -> Callable[[xr.DataArray], xr.DataArray]:
+    """A ``sar_decode=`` for Sentinel-1 stored as unsigned digital numbers, which cannot be decoded blindly.
+
+    ``kind="amplitude"``: dB = 20 log10(DN) - ``calibration`` (e.g. openEO / WorldCereal SIGMA0 products);
+    ``kind="power"``: dB = 10 log10(DN) - ``calibration``. The values in ``invalid`` (0 and the usual uint16
+    sentinels 65534 and 65535, which would otherwise decode to about +13 dB) become NaN.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> decode = dn_to_db("amplitude", calibration=83.0)
+    >>> decode(xr.DataArray([1000, 65535, 0], dims="t")).round(2).values.tolist()
+    [-23.0, nan, nan]
+    """
+    if kind not in ("amplitude", "power"):
+        raise CubeError(f"dn_to_db(kind={kind!r}): expected 'amplitude' (20 log10) or 'power' (10 log10)")
+    factor = 20.0 if kind == "amplitude" else 10.0
+
+    def decode_dn(da: xr.DataArray) -> xr.DataArray:
+        bad = da.isin(np.asarray(invalid)) | (da <= 0)
+        return (factor * np.log10(da.astype("float64").where(~bad)) - calibration).astype("float32")
+
+    return decode_dn
 
 
 def __getattr__(name: str):
