@@ -43,3 +43,16 @@ def assert_fill_close(got, expected, *, atol: float = 1e-6) -> None:
             np.testing.assert_allclose(got[name].values, var.values, rtol=0, atol=atol, err_msg=name)
         else:
             np.testing.assert_array_equal(got[name].values, var.values, err_msg=name)
+
+
+def store_files(path) -> dict[str, str]:
+    """Every file of a store (chunks and metadata), by the sha256 of its bytes: 'the same bytes' checks."""
+    import hashlib
+
+    out = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as fh:
+                out[os.path.relpath(full, path)] = hashlib.sha256(fh.read()).hexdigest()
+    return out

@@ -15,7 +15,6 @@ Cases covered elsewhere, not repeated here:
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 import xarray as xr
 
 import xrecon  # noqa: F401
+from tests.conftest import store_files
 from xrecon.cli import main
 from xrecon.io import write_zarr
 from xrecon.testing import synthetic_cube
@@ -41,16 +41,6 @@ def cube_path(tmp_path_factory):
     write_zarr(synthetic_cube(ny=16, nx=16, bands=3, seed=3, chunks={"y": 4, "x": 4}), path)
     return path
 
-
-def _files(path) -> dict[str, str]:
-    """Every file of a store (chunks and metadata), by its bytes."""
-    out = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as fh:
-                out[os.path.relpath(full, path)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 # A CLI fill, slowed down after each chunk (the test seam ``xrecon.io._REGION_HOOK``) so that it can be
@@ -96,7 +86,7 @@ def test_cli_fill_killed_mid_write_leaves_nothing_complete_and_resumes_to_the_sa
                              text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert main(["fill", str(cube_path), str(clean), "--method", "harmonic", "--quiet"]) == 0
-    assert _files(out) == _files(clean)
+    assert store_files(out) == store_files(clean)
     xr.testing.assert_identical(xr.open_zarr(out), xr.open_zarr(clean))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.zarr", "out.zarr"]
 
@@ -131,7 +121,7 @@ def test_a_store_failing_mid_write_leaves_no_temporary_folder(cube_path, tmp_pat
     monkeypatch.setattr(xr.Dataset, "to_zarr", to_zarr)
     assert main(["fill", str(cube_path), str(out), "--resume", "--quiet"]) == 0
     assert main(["fill", str(cube_path), str(tmp_path / "clean.zarr"), "--quiet"]) == 0
-    assert _files(out) == _files(tmp_path / "clean.zarr")
+    assert store_files(out) == store_files(tmp_path / "clean.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.zarr", "out.zarr"]
 
 
@@ -181,7 +171,7 @@ def test_a_dask_worker_killed_mid_fill_gives_the_same_result(cube_path, tmp_path
         write_zarr(fill(), got)
     killed = int(marker.read_text())  # one worker process did kill itself mid-fill
     assert killed != os.getpid()
-    assert _files(got) == _files(threads)
+    assert store_files(got) == store_files(threads)
     xr.testing.assert_identical(xr.open_zarr(got), xr.open_zarr(threads))
     assert np.isfinite(xr.open_zarr(got).optical.values).any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["distributed.zarr", "killed", "threads.zarr"]

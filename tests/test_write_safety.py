@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ import xarray as xr
 from zarr.errors import UnstableSpecificationWarning, ZarrUserWarning
 
 import xrecon  # noqa: F401
+from tests.conftest import store_files
 from xrecon import io
 from xrecon.errors import OutputExistsError, XreconError
 from xrecon.io import OutputLockedError, ResumeMismatchError, open_cube, write_zarr
@@ -39,15 +39,6 @@ def hook(monkeypatch):
         monkeypatch.setattr(io, "_REGION_HOOK", fn)
     return set_hook
 
-
-def _files(path) -> dict[str, str]:
-    out = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as fh:
-                out[os.path.relpath(full, path)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _fill(cube_path, method="linear"):
@@ -187,7 +178,7 @@ def test_resume_writes_only_the_missing_chunks_and_equals_a_clean_run(cube_path,
     hook(lambda i, j: again.append((i, j)))
     write_zarr(_fill(cube_path, "harmonic"), target, resume=True, source=cube_path)
     assert len(again) == 9 - 4 and not set(again) & set(calls)
-    assert _files(target) == _files(clean)
+    assert store_files(target) == store_files(clean)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.zarr", "out.zarr"]
     # a complete store of the same computation is left as it is
     again.clear()
