@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xrecon.errors import MethodError, XreconError
+from xrecon.errors import XreconError
 from xrecon.models.base import XreconModel
 from xrecon.training.patches import PatchStream
 from xrecon.training.stats import NormStats
@@ -149,14 +149,7 @@ class RestoreDiTTask(TrainingTask):
                   sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
         from xrecon.models.restore_dit import PRESETS, RestoreDiT, RestoreDiTConfig
 
-        if isinstance(preset, str):
-            if preset not in PRESETS:
-                raise MethodError(f"preset={preset!r} is not a RESTORE-DiT preset; presets: {sorted(PRESETS)}")
-            base = PRESETS[preset]
-        elif isinstance(preset, RestoreDiTConfig):
-            base = preset
-        else:
-            raise MethodError(f"preset must be a preset name or a RestoreDiTConfig, got {type(preset).__name__}")
+        base = self.resolve_preset(preset, PRESETS, RestoreDiTConfig, "a RESTORE-DiT")
         use_sar = sar_bands is not None and base.n_sar_bands > 0
         config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands),
                                      n_sar_bands=len(sar_bands) if use_sar else 0)

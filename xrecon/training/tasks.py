@@ -118,6 +118,22 @@ class TrainingTask:
         """
         raise NotImplementedError
 
+    @staticmethod
+    def resolve_preset(preset: Any, presets: Mapping[str, Any], config_type: type, network: str) -> Any:
+        """``preset`` as a config: a name of ``presets`` or a ``config_type`` instance, else MethodError.
+
+        ``network`` names the network with its article, for the messages ("an AnytimeFormer").
+        """
+        if isinstance(preset, str):
+            if preset not in presets:
+                raise MethodError(f"preset={preset!r} is not {network} preset; presets: {sorted(presets)}")
+            return presets[preset]
+        if isinstance(preset, config_type):
+            return preset
+        article = network.split()[0]  # "an AnytimeFormer" -> "an AnytimeFormerConfig"
+        raise MethodError(f"preset must be a preset name or {article} {config_type.__name__}, "
+                          f"got {type(preset).__name__}")
+
     def load_init(self, init: Any) -> XreconModel:
         """The model to start from: a checkpoint path or an :class:`XreconModel` (copied), on the CPU.
 
@@ -273,14 +289,7 @@ class AnytimeFormerTask(TrainingTask):
                   sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
         from xrecon.models.anytimeformer import PRESETS, AnytimeFormer, AnytimeFormerConfig
 
-        if isinstance(preset, str):
-            if preset not in PRESETS:
-                raise MethodError(f"preset={preset!r} is not an AnytimeFormer preset; presets: {sorted(PRESETS)}")
-            base = PRESETS[preset]
-        elif isinstance(preset, AnytimeFormerConfig):
-            base = preset
-        else:
-            raise MethodError(f"preset must be a preset name or an AnytimeFormerConfig, got {type(preset).__name__}")
+        base = self.resolve_preset(preset, PRESETS, AnytimeFormerConfig, "an AnytimeFormer")
         n_sar = len(sar_bands) if sar_bands is not None else 0
         config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands), n_sar_bands=n_sar)
         net = AnytimeFormer(config)
