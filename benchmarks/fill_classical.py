@@ -62,6 +62,18 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return values.astype(np.float32), valid, t
 
 
+def synthetic_cube(side: int):
+    """The same series as :func:`synthetic` as a side x side (time, band, y, x) Dataset, in memory."""
+    import xarray as xr
+
+    values, _, t = synthetic(side * side)
+    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
+    return xr.Dataset(
+        {"optical": (("time", "band", "y", "x"), values.reshape(side, side, T, C).transpose(2, 3, 0, 1))},
+        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(side), "x": np.arange(side)},
+    )
+
+
 def best_rate(fn: Callable[[], object], n_series: int, repeat: int) -> tuple[float, float]:
     """Series per second of (CPU time, wall time), each from the fastest of ``repeat`` runs.
 
@@ -133,13 +145,7 @@ def through_fill(n: int, repeat: int, kernel_rates: dict[str, tuple[float, float
         print("Part 2 skipped: the ds.recon accessor is not registered yet")
         return
     side = int(np.sqrt(n))
-    values, valid, t = synthetic(side * side)
-    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
-    cube = values.reshape(side, side, T, C).transpose(2, 3, 0, 1)  # (time, band, y, x)
-    ds = xr.Dataset(
-        {"optical": (("time", "band", "y", "x"), cube)},
-        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(side), "x": np.arange(side)},
-    )
+    ds = synthetic_cube(side)
     import dask
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,15 +195,9 @@ def _patch_linear(values, valid, t, tq, *, edges="hold", offset):
 def halo_overhead(n: int, repeat: int, halos: tuple[int, ...] = (0, 2, 8)) -> None:
     """Part 3: a patch method's cost with a halo against the same method without one (block alone)."""
     import dask
-    import xarray as xr
 
     side = int(np.sqrt(n))
-    values, valid, t = synthetic(side * side)
-    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
-    ds = xr.Dataset(
-        {"optical": (("time", "band", "y", "x"), values.reshape(side, side, T, C).transpose(2, 3, 0, 1))},
-        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(side), "x": np.arange(side)},
-    ).chunk({"y": CHUNK, "x": CHUNK})
+    ds = synthetic_cube(side).chunk({"y": CHUNK, "x": CHUNK})
     print(f"Part 3: a patch method (linear on each window) through fill, {side} x {side} px in {CHUNK} x {CHUNK} "
           "chunks, dask in memory, synchronous scheduler")
     print(f"  {'halo':>6s} {'series/s (cpu)':>15s}   cost relative to halo 0 (window area ratio)")
@@ -221,7 +221,6 @@ def halo_overhead(n: int, repeat: int, halos: tuple[int, ...] = (0, 2, 8)) -> No
 def neighbors_rate(n: int, repeat: int, rates: dict[str, tuple[float, float]]) -> None:
     """Part 4: the spatio-temporal "neighbors" method (a patch kernel) against Whittaker, kernel and fill."""
     import dask
-    import xarray as xr
 
     side = min(int(np.sqrt(n)), CHUNK)
     halo = methods.get("neighbors").halo
@@ -242,12 +241,7 @@ def neighbors_rate(n: int, repeat: int, rates: dict[str, tuple[float, float]]) -
         cpu, wall = best_rate(run, side * side, repeat)
         print(f"  {label:<26s} {cpu:>15,.0f} {wall:>10,.0f}   x{cpu / ref:5.2f} (goal >= x0.33)")
     big = int(np.sqrt(n))
-    values, valid, t = synthetic(big * big)
-    times = np.datetime64("1970-01-01", "ns") + (t * 86400e9).astype("timedelta64[ns]")
-    ds = xr.Dataset(
-        {"optical": (("time", "band", "y", "x"), values.reshape(big, big, T, C).transpose(2, 3, 0, 1))},
-        coords={"time": times, "band": ["B02", "B03", "B04", "B08"], "y": np.arange(big), "x": np.arange(big)},
-    ).chunk({"y": CHUNK, "x": CHUNK})
+    ds = synthetic_cube(big).chunk({"y": CHUNK, "x": CHUNK})
     print(f"  through ds.recon.fill, {big} x {big} px in {CHUNK} x {CHUNK} chunks, dask in memory, synchronous:")
     fill_rates = {}
     for name in ("whittaker", "neighbors"):
