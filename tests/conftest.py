@@ -16,6 +16,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(os.environ.get("XRECON_TEST_DATA", PROJECT_ROOT.parent / "shared"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: a second torch thread costs more in synchronisation than it
+    gives. The caller's thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     """The path of a shared test file, or skip the calling test when it is absent."""
     path = TEST_DATA.joinpath(*parts)

@@ -21,12 +21,7 @@ QUICK = dict(preset="tiny", batch_size=8, mask="clear", lr=3e-3, warmup=10, vali
              progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

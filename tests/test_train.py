@@ -24,13 +24,7 @@ QUICK = dict(TINY, batch_size=32, block=8, validation_fraction=0.25, validation_
              checkpoint_interval=4, lr=3e-3, warmup=2, progress=False, mask="clear")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second torch thread costs more in synchronisation than it gives.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_cube(seed: int = 3) -> xr.Dataset:
