@@ -229,6 +229,18 @@ def test_halo_wider_than_the_chunks(cube):
         xrecon.methods.unregister("test-wide")
 
 
+@pytest.mark.parametrize("chunks", [{"y": 4, "x": 4}, {"y": -1, "x": 3}, {"y": 5, "x": -1}])
+def test_halo_wider_than_the_cube(cube, chunks):
+    """A halo larger than the whole cube (13 x 11): an axis in one chunk is padded, not overlapped."""
+    xrecon.methods.register("test-huge", neighbour_mean, footprint="patch", halo=20)
+    try:
+        one = cube.recon.fill("9D", method="test-huge").compute()
+        out = cube.chunk(chunks).recon.fill("9D", method="test-huge")
+        xr.testing.assert_identical(out.compute(), one)
+    finally:
+        xrecon.methods.unregister("test-huge")
+
+
 def test_import_xrecon_is_light_and_the_api_is_reachable():
     """`import xrecon` registers every method without importing torch; xrecon.models.load works after it."""
     import subprocess

@@ -18,6 +18,7 @@ from xrecon.cli import main
 from xrecon.cube import MASK_ATTR, from_bands, resolve_mask, validate
 from xrecon.errors import CubeError, MethodError, QueryTimesError, XreconError
 from xrecon.evaluate import evaluate
+from xrecon.io import write_zarr
 from xrecon.masks import scl_clear
 from xrecon.testing import synthetic_cube
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times
@@ -281,6 +282,31 @@ def _dn_cube(cube):
 def test_bad_cubes(cube, make, match):
     with pytest.raises(CubeError, match=match):
         make(cube).recon.fill()
+
+
+def test_lazy_digital_numbers_fail_when_computed_and_leave_nothing(cube, tmp_path):
+    """A lazy cube is not read by fill; its blocks are checked by the same rule when computed."""
+    lazy = _dn_cube(cube).chunk({"y": 4, "x": 4})
+    out = lazy.recon.fill(method="linear")  # lazy: nothing read yet
+    assert out.optical.chunks is not None
+    with pytest.raises(CubeError, match="a block being computed.*look like digital numbers.*scale=1e-4"):
+        out.compute()
+    with pytest.raises(CubeError, match="look like digital numbers"):
+        lazy.recon.fill(method="neighbors").compute()  # the patch door checks too
+    target = tmp_path / "out.zarr"
+    with pytest.raises(CubeError, match="look like digital numbers"):
+        write_zarr(out, target)
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_few_bright_pixels_are_not_digital_numbers(cube):
+    """Snow or glint above 1.5 in a few pixels is reflectance: under 1 % of the values passes, lazy or not."""
+    values = cube.optical.values.copy()
+    values[0, 0, 0, 0] = 1.8  # one pixel of one band
+    bright = cube.assign(optical=cube.optical.copy(data=values))
+    np.testing.assert_array_equal(bright.recon.fill(method="linear").optical.values,
+                                  bright.chunk({"y": 4, "x": 4}).recon.fill(method="linear").optical.values)
 
 
 def test_duplicate_sar_band_names():

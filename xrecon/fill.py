@@ -29,7 +29,7 @@ from xrecon import methods
 from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, CubeError, MethodError, XreconError
-from xrecon.kernels import FillSpec, fill_patch, fill_pixels
+from xrecon.kernels import FillSpec, check_reflectance_values, fill_patch, fill_pixels
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
@@ -139,34 +139,20 @@ def check_fill_arguments(*, keep_observed: Any = True, gap_days: Any = False, ba
         raise XreconError(f"device={device!r}: expected a torch device name such as 'cpu' or 'cuda', or None")
 
 
-#: Reflectance in 0-1 units rarely exceeds 1 (bright snow, specular glint); values above this bound look like
-#: digital numbers (Sentinel-2 L2A stores reflectance * 10000).
-DN_LIKE = 1.5
 _SAMPLE = 1 << 20
 
 
 def check_reflectance(optical: xr.DataArray) -> None:
-    """CubeError when in-memory reflectance looks like digital numbers (a strided sample above DN_LIKE).
+    """CubeError when in-memory reflectance looks like digital numbers (see ``kernels.check_reflectance_values``).
 
     Only for numpy-backed cubes, where it costs a strided look at at most about a million values: a lazy
-    cube is never computed here (its integer encodings are checked from metadata by ``validate``).
+    cube is never computed here; its blocks are checked by the same rule when they are computed (and its
+    integer encodings from metadata by ``validate``).
     """
     if optical.chunks is not None:
         return
-    values = np.asarray(optical.variable.data)
-    flat = values.reshape(-1)
-    step = max(1, flat.size // _SAMPLE)
-    sample = flat[::step]
-    finite = sample[np.isfinite(sample)]
-    if finite.size and float(finite.max()) > DN_LIKE:
-        high = float(np.quantile(finite, 0.99))
-        raise CubeError(
-            f"optical variable {optical.name!r} holds values up to {float(finite.max()):g} (99th percentile "
-            f"{high:g}); expected reflectance in 0-1 units (at most about {DN_LIKE}). These look like digital "
-            "numbers: decode them with xrecon.cube.decode(da, scale=1e-4) or "
-            "xrecon.cube.from_bands(..., scale=1e-4) (Sentinel-2 L2A: scale=1e-4, offset=-0.1 from "
-            "processing baseline 04.00)"
-        )
+    flat = np.asarray(optical.variable.data).reshape(-1)
+    check_reflectance_values(flat[::max(1, flat.size // _SAMPLE)], optical.name)
 
 
 def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ...], tuple[int, ...]],
@@ -208,8 +194,7 @@ def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
         for a, f in zip(arrays, fills, strict=True):
             d = a.chunk({**{dim: -1 for dim in a.dims[:-2]}, **work_yx}).data
             if h:
-                axes = {d.ndim - 2: h, d.ndim - 1: h}
-                d = dsa.overlap.overlap(d, depth=axes, boundary={k: f for k in axes})
+                d = _with_halo(d, h, f)
             data.append(d)
         starts = tuple(tuple(int(s) for s in np.cumsum((0, *work_yx[d][:-1]))) for d in ("y", "x"))
         packed = dsa.map_blocks(
@@ -230,6 +215,25 @@ def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
     if spec.gap_days:
         variables["gap_days"] = xr.DataArray(packed[:, k + 1], dims=("time", "y", "x"), coords=spatial)
     return variables
+
+
+def _with_halo(d: Any, h: int, fill: Any) -> Any:
+    """``d`` with ``h`` pixels of the neighbouring chunks around every chunk of its last two axes.
+
+    ``fill`` beyond the array's edge. dask's overlap refuses a depth larger than the array, so an axis
+    in one chunk (such as a cube narrower than the halo) is padded instead: it has no neighbours.
+    """
+    import dask.array as dsa
+
+    axes = (d.ndim - 2, d.ndim - 1)
+    single = [ax for ax in axes if len(d.chunks[ax]) == 1]
+    if single:
+        widths = [(h, h) if ax in single else (0, 0) for ax in range(d.ndim)]
+        d = dsa.pad(d, widths, mode="constant", constant_values=fill).rechunk({ax: -1 for ax in single})
+    depth = {ax: h for ax in axes if ax not in single}
+    if depth:
+        d = dsa.overlap.overlap(d, depth=depth, boundary={ax: fill for ax in depth})
+    return d
 
 
 def _at_least(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:

@@ -17,11 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from xrecon.errors import XreconError
+from xrecon.errors import CubeError, XreconError
 from xrecon.methods.registry import Method, Plan
 from xrecon.times import to_days
 
-__all__ = ["FillSpec", "fill_patch", "fill_pixels", "gap_days"]
+__all__ = ["DN_LIKE", "FillSpec", "check_reflectance_values", "fill_patch", "fill_pixels", "gap_days"]
+
+#: Reflectance in 0-1 units rarely exceeds 1 (bright snow, specular glint); values above this bound look like
+#: digital numbers (Sentinel-2 L2A stores reflectance * 10000).
+DN_LIKE = 1.5
+#: ... when more than this share of the finite values are above it: a few saturated or glinting pixels are
+#: not digital numbers, while digital numbers are above it almost everywhere (even dark water is DN ~100).
+DN_LIKE_SHARE = 0.01
 
 # Pixels per kernel call inside a chunk: large enough to vectorize well, small enough that the kernels'
 # temporaries stay a few tens of MB whatever the chunk size.
@@ -64,6 +71,30 @@ class FillSpec:
     def outputs(self) -> tuple[str, ...]:
         """Names of the arrays a block returns, in order."""
         return (*self.method.outputs, "observed") + (("gap_days",) if self.gap_days else ())
+
+
+def check_reflectance_values(values: np.ndarray, name: Any = "optical", where: str = "") -> None:
+    """CubeError when ``values`` look like digital numbers: over :data:`DN_LIKE_SHARE` of them above :data:`DN_LIKE`.
+
+    The one rule of ``fill``'s check, applied to a strided sample of an in-memory cube before anything
+    runs and to every block of a lazy cube when it is computed (so a lazy cube of digital numbers fails
+    at its first task, and a write leaves nothing behind, instead of giving garbage).
+    """
+    if values.ndim == 4:  # a block (T, C, Y, X): a strided view of at most about 2**18 values, no copy
+        step = max(1, int(np.sqrt(values.size / (1 << 18))))
+        values = values[..., ::step, ::step]
+    n_finite = np.count_nonzero(np.isfinite(values))
+    if not n_finite or np.count_nonzero(values > DN_LIKE) <= DN_LIKE_SHARE * n_finite:
+        return
+    finite = values[np.isfinite(values)]
+    high = float(np.quantile(finite, 0.99))
+    raise CubeError(
+        f"optical variable {name!r}{where} holds values up to {float(finite.max()):g} (99th percentile "
+        f"{high:g}); expected reflectance in 0-1 units (at most about {DN_LIKE}). These look like digital "
+        "numbers: decode them with xrecon.cube.decode(da, scale=1e-4) or "
+        "xrecon.cube.from_bands(..., scale=1e-4) (Sentinel-2 L2A: scale=1e-4, offset=-0.1 from "
+        "processing baseline 04.00)"
+    )
 
 
 def _kernel_call(spec: FillSpec, values: np.ndarray, valid: np.ndarray, sar: np.ndarray | None,
@@ -221,6 +252,7 @@ def fill_pixels(optical: np.ndarray, *rest: np.ndarray, spec: FillSpec) -> np.nd
     ndarray (Tq, K, Y, X) float32
         The outputs of ``spec.outputs`` stacked along the second axis, as :func:`fill_patch` returns them.
     """
+    check_reflectance_values(optical, where=" (a block being computed)")
     n_time, n_band, ny, nx = optical.shape
     n_pix, n_query = ny * nx, len(spec.query_times)
     rest = list(rest)
@@ -323,6 +355,7 @@ def fill_patch(
     """
     h = spec.method.halo
     values = np.asarray(optical, dtype=np.float32)
+    check_reflectance_values(values, where=" (a block being computed)")
     valid = _all_bands_finite(values, axis=1)
     rest = list(rest)
     if spec.has_mask:
