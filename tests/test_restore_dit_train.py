@@ -11,6 +11,7 @@ import torch
 import xrecon  # noqa: F401  (registers the accessor)
 import xrecon.methods
 import xrecon.models
+from xrecon.errors import MethodError
 from xrecon.models import restore_dit
 from xrecon.testing import synthetic_cube
 from xrecon.training import PatchStream, RestoreDiTTask, sar_in_reach, train, training_files
@@ -217,6 +218,34 @@ def test_new_model_takes_the_cubes_bands_and_units(cube):
     assert optical_only.config.n_sar_bands == 0 and optical_only.sar_bands is None
 
 
+def test_normalization_is_a_property_of_the_model(cube, tmp_path):
+    from xrecon.errors import XreconError
+    from xrecon.training import compute_stats
+
+    stats = compute_stats(cube, mask="clear")
+    model = RestoreDiTTask().new_model("tiny", {}, ["B02", "B03", "B04", "B08"], ["VV", "VH"], stats)
+    assert "normalization" not in vars(model)  # the class's, not a snapshot set on the instance
+    norm = model.normalization
+    assert set(norm) == {"optical_offset", "optical_scale", "sar_offset", "sar_scale"}
+    for k, v in norm.items():
+        assert isinstance(v, np.ndarray) and v.dtype == np.float32
+        np.testing.assert_array_equal(v, getattr(model, k).numpy())
+    norm["optical_offset"][:] = 9  # a copy
+    assert (model.optical_offset < 1).all()
+    np.testing.assert_array_equal(model.normalization["optical_offset"], stats.optical_mean.astype(np.float32))
+    loaded = xrecon.models.load(model.save(tmp_path / "n.xrecon"), device="cpu")
+    for k, v in model.normalization.items():
+        np.testing.assert_array_equal(loaded.normalization[k], v)
+    model.set_normalization(0.25, [0.5, 0.5, 0.25, 0.125])
+    assert model.optical_offset.tolist() == [0.25] * 4 and model.sar_scale.tolist() == loaded.sar_scale.tolist()
+    for bad in (dict(optical_offset=[0.1, 0.2]), dict(optical_scale=0.0), dict(optical_offset=np.nan)):
+        with pytest.raises(XreconError):
+            model.set_normalization(**dict(dict(optical_offset=0.1, optical_scale=0.2), **bad))
+    optical_only = RestoreDiTTask().new_model("authors-optical", {"hidden_size": 32, "num_heads": 2, "depth": 1},
+                                              ["B02", "B03", "B04", "B08"], None, stats)
+    assert optical_only.normalization["sar_offset"].shape == (0,)
+
+
 def test_validation_is_deterministic(cube):
     task = RestoreDiTTask()
     model = tiny_model(task, cube).eval()
@@ -258,3 +287,55 @@ def test_time_budget(cube, method, tmp_path):
                             validation_interval=20, **QUICK)
     plan = xrecon.models.load(best, device="cpu").metadata["training"]["time_budget"]
     assert plan["seconds"] == 6 and plan["planned"] >= 1
+
+
+# -- what the checkpoint records for fill, and the task's training defaults ------------------------
+
+def test_checkpoint_records_the_windows_and_fill_defaults_to_them(cube, method, tmp_path):
+    kw = {k: v for k, v in QUICK.items() if k != "batch_size"}  # the task's defaults
+    best = cube.recon.train(method=method, out=tmp_path / "w.xrecon", steps=3, seed=0, **kw)
+    task = RestoreDiTTask()
+    tile = task.tile_size([cube], "optical")
+    assert tile == SIZE != 128 and task.frames == FRAMES != 16  # not fill's fallbacks
+    for path in training_files(best)[:2]:
+        meta = xrecon.models.load(path, device="cpu").metadata["training"]
+        assert (meta["tile"], meta["frames"], meta["sar_window"]) == (tile, FRAMES, task.sar_window)
+        assert {k: meta["config"][k] for k in task.config_defaults()} == task.config_defaults()
+    if method != "restore-dit":
+        pytest.skip("restore-dit's fill adapter is not registered")
+    small = cube.isel(time=slice(0, 20))
+    opts = dict(method="restore-dit", checkpoint=best, mask="clear", seed=0)
+    default = small.recon.fill(**opts).compute()
+    explicit = small.recon.fill(tile=tile, frames=FRAMES, **opts).compute()
+    assert default.attrs["options"] == '{"seed": 0}'  # nothing given: the defaults are the checkpoint's
+    for name in ("optical", "optical_std", "observed"):
+        np.testing.assert_allclose(default[name].values, explicit[name].values, rtol=0, atol=1e-6, err_msg=name)
+    fallback = small.recon.fill(tile=128, frames=16, **opts).compute()  # what fill took before they were recorded
+    assert float(abs(default.optical - fallback.optical).max()) > 1e-4
+
+
+def test_task_defaults_apply_only_where_nothing_was_given(cube):
+    from xrecon.training import AnytimeFormerTask, TrainConfig
+    from xrecon.training.trainer import _resolve_options
+
+    task = RestoreDiTTask()
+    defaults = task.config_defaults()
+    assert defaults == {"batch_size": 8, "validation_pixels": 64, "buffer_size": 256}
+
+    def resolved(task, config=None, options=None, **shortcuts):
+        shortcuts = dict(dict(batch_size=None, steps=None), **shortcuts)
+        return _resolve_options(task, cube, config, options or {}, shortcuts)[1]
+
+    cfg = resolved(task)
+    assert {k: getattr(cfg, k) for k in defaults} == defaults and cfg.steps == TrainConfig().steps
+    cfg = resolved(task, batch_size=16, options={"buffer_size": 32})
+    assert (cfg.batch_size, cfg.validation_pixels, cfg.buffer_size) == (16, 64, 32)
+    assert resolved(task, config=TrainConfig(steps=5)) == TrainConfig(steps=5)  # a config gives every field
+    assert resolved(AnytimeFormerTask()) == TrainConfig()  # AnytimeFormer: TrainConfig's own
+
+    class Bad(RestoreDiTTask):
+        def config_defaults(self):
+            return {"batch": 8}
+
+    with pytest.raises(MethodError, match="not TrainConfig fields"):
+        resolved(Bad())

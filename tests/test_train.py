@@ -15,7 +15,7 @@ import xrecon.models
 from xrecon.cli import main
 from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
 from xrecon.testing import hide_observations, synthetic_cube
-from xrecon.training import TrainConfig, compute_stats, train, training_files
+from xrecon.training import AnytimeFormerTask, TrainConfig, compute_stats, train, training_files
 from xrecon.training.trainer import _lr_at
 
 # A network small enough to train in seconds on one core.
@@ -438,3 +438,42 @@ def test_time_budget_corrects_its_plan_when_the_machine_slows_down(tmp_path, mon
     assert clock.steps == plan["planned"] == plan["replans"][-1][1]
     assert 0.8 * 60 <= clock.t <= 60 * 1.02
     assert float(log_rows(training_files(best)[2])[-1]["lr"]) == pytest.approx(3e-4, rel=1e-6)
+
+
+class _NotedTask(AnytimeFormerTask):
+    """AnytimeFormer with a record of its own in the provenance, and defaults of its own."""
+
+    note: dict = {"window_note": "year"}
+
+    def provenance(self, cubes, cfg, **kwargs):
+        assert kwargs["optical"] == "optical" and len(cubes) == 1
+        return dict(self.note)
+
+    def config_defaults(self):
+        return {"validation_pixels": 96}
+
+
+@pytest.fixture
+def noted_method():
+    import xrecon.methods
+
+    name = "anytimeformer-noted-test"
+    xrecon.methods.register(name, lambda *a, **k: None, training=_NotedTask)
+    yield name
+    xrecon.methods.unregister(name)
+
+
+def test_a_task_adds_to_the_provenance_and_sets_its_defaults(tmp_path, noted_method, monkeypatch):
+    ds = small_cube()
+    kw = dict(QUICK, steps=2)
+    best = train(ds, tmp_path / "n.xrecon", method=noted_method, **kw)
+    for path in training_files(best)[:2]:
+        meta = xrecon.models.load(path, device="cpu").metadata["training"]
+        assert meta["window_note"] == "year" and meta["config"]["validation_pixels"] == 96
+        assert meta["config"]["batch_size"] == QUICK["batch_size"]  # given: the task's defaults do not touch it
+    # the same training as AnytimeFormer's own (the hooks change no weights)
+    plain = train(ds, tmp_path / "p.xrecon", validation_pixels=96, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(weights(best).values(), weights(plain).values(), strict=True))
+    monkeypatch.setattr(_NotedTask, "note", {"steps": 1})
+    with pytest.raises(MethodError, match="trainer's own"):
+        train(ds, tmp_path / "clash.xrecon", method=noted_method, **kw)

@@ -317,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the measured step rate so that the learning-rate schedule completes")
     t.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default 2000); with --time-budget, at most this many")
-    t.add_argument("--batch-size", type=int, default=None, help="pixels per step (default 256)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step (default: the method's; anytimeformer 256 pixel-years, restore-dit 8 "
+                        "windows)")
     t.add_argument("--seed", type=int, default=None, help="seed of hold-out, data order, gaps, weights")
     t.add_argument("--device", default=None, help="torch device; default cuda if available")
     t.add_argument("--threads", type=int, default=None, metavar="N",
@@ -328,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cube_arguments(t, chunks_example="y=256,x=256")
     t.add_argument("--no-sar", action="store_true", help="ignore SAR: train an optical-only network")
     t.add_argument("--option", action="append", default=[],
-                   help="training or architecture option KEY=VALUE, e.g. lr=5e-4, d_model=64 (repeatable)")
+                   help="training or architecture option KEY=VALUE, e.g. lr=5e-4, ema=0.999, d_model=64 "
+                        "(repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start again over files of an earlier run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -69,6 +69,10 @@ __all__ = [
 ]
 
 
+#: The normalization buffers: the affine maps to model units (see :attr:`RestoreDiT.normalization`).
+_UNIT_BUFFERS = ("optical_offset", "optical_scale", "sar_offset", "sar_scale")
+
+
 class TileSizeError(MethodError):
     """A tile whose height or width is not a multiple of the network's patch size."""
 
@@ -336,6 +340,8 @@ class RestoreDiT(XreconModel):
     sar_offset, sar_scale : Tensor (S,)
         Model units = clamp((backscatter - offset) / scale, -1, 1); upstream: its per-band mean and twice its
         standard deviation (``clamp((s - mean) / std, -2, 2) / 2``).
+    normalization : dict of str to numpy.ndarray
+        Copies of these four buffers (read-only property; :meth:`set_normalization` sets them).
     """
 
     config_class = RestoreDiTConfig
@@ -378,6 +384,70 @@ class RestoreDiT(XreconModel):
 
     # ----------------------------------------------------------------------------------------------
     # units
+
+    @property
+    def normalization(self) -> dict[str, np.ndarray]:
+        """The affine maps to model units, as float32 numpy copies of the buffers.
+
+        Keys ``optical_offset``, ``optical_scale`` (C,) and ``sar_offset``, ``sar_scale`` (S,) (empty for
+        an optical-only network); see :meth:`to_model_units`. The trainer records them in a checkpoint's
+        provenance; change them with :meth:`set_normalization`.
+
+        Examples
+        --------
+        >>> model = RestoreDiT(PRESETS["tiny"])
+        >>> {k: v.astype(float).round(3).tolist() for k, v in model.normalization.items()}
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'optical_offset': [0.4, 0.4, 0.4, 0.4], 'optical_scale': [0.4, 0.4, 0.4, 0.4],
+         'sar_offset': [0.0, 0.0], 'sar_scale': [1.0, 1.0]}
+        """
+        return {k: getattr(self, k).detach().cpu().numpy().copy() for k in _UNIT_BUFFERS}
+
+    def set_normalization(self, optical_offset: float | Sequence[float], optical_scale: float | Sequence[float],
+                          sar_offset: float | Sequence[float] | None = None,
+                          sar_scale: float | Sequence[float] | None = None) -> None:
+        """Set the affine maps to model units: one value for every band or one per band.
+
+        Parameters
+        ----------
+        optical_offset, optical_scale : float or sequence of float
+            Model units = clamp((reflectance - offset) / scale, -1, 1); (C,) or one value.
+        sar_offset, sar_scale : float or sequence of float, optional
+            The same for backscatter in dB, (S,) or one value; None leaves them as they are.
+
+        Raises
+        ------
+        XreconError
+            For values that are not finite, scales that are not positive, or a number of values that
+            is neither 1 nor the number of bands.
+
+        Examples
+        --------
+        >>> model = RestoreDiT(PRESETS["tiny"])
+        >>> model.set_normalization([0.125, 0.125, 0.25, 0.5], 0.375, sar_offset=-12.0, sar_scale=[8.0, 6.0])
+        >>> model.normalization["optical_offset"].tolist(), model.sar_scale.tolist()
+        ([0.125, 0.125, 0.25, 0.5], [8.0, 6.0])
+        """
+        values = {"optical_offset": optical_offset, "optical_scale": optical_scale,
+                  "sar_offset": sar_offset, "sar_scale": sar_scale}
+        checked = {}
+        for name, value in values.items():
+            if value is None:
+                if name.startswith("optical"):
+                    raise XreconError(f"{name} is required")
+                continue
+            buf = getattr(self, name)
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+            if arr.size not in (1, buf.numel()) or not np.isfinite(arr).all() \
+                    or (name.endswith("scale") and (arr <= 0).any()):
+                what = " > 0" if name.endswith("scale") else ""
+                raise XreconError(f"{name} must be one finite value{what} or one per band ({buf.numel()}), "
+                                  f"got {np.asarray(value).tolist()!r}")
+            checked[name] = np.broadcast_to(arr, buf.shape).copy()
+        with torch.no_grad():
+            for name, arr in checked.items():
+                buf = getattr(self, name)
+                buf.copy_(torch.as_tensor(arr, dtype=buf.dtype, device=buf.device))
 
     def to_model_units(self, optical: Tensor) -> Tensor:
         """``(..., C, H, W)`` reflectance -> model units in [-1, 1]."""

@@ -102,10 +102,15 @@ class RestoreDiTTask(TrainingTask):
       training blocks' clear observations, SAR ``(dB - mean) / (2 std)`` (upstream's SAR map), both
       clamped to [-1, 1]. Frames and pixels without SAR in reach get 0, the mean: no information.
     - **Samples**: a :class:`~xrecon.training.patches.PatchStream` of ``tile x tile`` windows of
-      ``frames`` consecutive dates; ``TrainConfig.batch_size`` counts windows (use a few: 8-32),
-      as do ``validation_pixels`` and ``buffer_size`` (the buffer is also capped at about 512 MiB).
-      ``tile`` is the class's (32), or half the smaller side of the smallest cube rounded down to a
-      multiple of 16 when that is smaller (so a small cube still makes blocks to hold out).
+      ``frames`` consecutive dates; ``TrainConfig.batch_size`` counts windows, as do
+      ``validation_pixels`` and ``buffer_size`` (the buffer is also capped at about 512 MiB); the
+      task's defaults of these (:meth:`config_defaults`: 8, 64, 256) replace TrainConfig's, sized
+      for pixel-years, where ``train`` is not given them. ``tile`` is the class's (32), or half the
+      smaller side of the smallest cube rounded down to a multiple of 16 when that is smaller (so a
+      small cube still makes blocks to hold out).
+    - **Provenance**: the checkpoints record the ``tile`` used, ``frames`` and ``sar_window`` in
+      ``metadata["training"]`` (:meth:`provenance`), from which ``fill(method="restore-dit")`` takes
+      its default ``tile`` and ``frames``.
     - **Loss**: :func:`masked_mse` of the x0 prediction on the simulated clouds' clear pixels, the
       input noised (:func:`add_noise`, a random timestep per window) where masked (simulated clouds
       and missing pixels) and clean where observed.
@@ -154,18 +159,12 @@ class RestoreDiTTask(TrainingTask):
         config = dataclasses.replace(base, **architecture, n_optical_bands=len(bands),
                                      n_sar_bands=len(sar_bands) if use_sar else 0)
         net = RestoreDiT(config)
-        with torch.no_grad():
-            net.optical_offset.copy_(torch.as_tensor(stats.optical_mean, dtype=torch.float32))
-            net.optical_scale.copy_(torch.as_tensor(3 * np.maximum(stats.optical_std, 1e-4), dtype=torch.float32))
-            if use_sar:
-                net.sar_offset.copy_(torch.as_tensor(stats.sar_mean, dtype=torch.float32))
-                net.sar_scale.copy_(torch.as_tensor(2 * np.maximum(stats.sar_std, 1e-4), dtype=torch.float32))
+        net.set_normalization(stats.optical_mean, 3 * np.maximum(stats.optical_std, 1e-4),
+                              stats.sar_mean if use_sar else None,
+                              2 * np.maximum(stats.sar_std, 1e-4) if use_sar else None)
         net.optical_bands = list(bands)
         net.sar_bands = list(sar_bands) if use_sar else None
-        return _with_normalization(net)
-
-    def load_init(self, init: Any) -> XreconModel:
-        return _with_normalization(super().load_init(init))
+        return net
 
     # -- the data --------------------------------------------------------------------------------
     def tile_size(self, cubes: Sequence[xr.Dataset], optical: Any) -> int:
@@ -176,6 +175,19 @@ class RestoreDiTTask(TrainingTask):
         if size < 1:
             raise XreconError(f"the cubes are too small ({side} pixels) for RESTORE-DiT windows")
         return size
+
+    def config_defaults(self) -> dict[str, Any]:
+        """Batches, validation set and shuffle buffer count windows here, not pixel-years.
+
+        A window (``frames`` x ``tile`` x ``tile`` = 8 x 32 x 32 pixel-dates) holds some 8000 pixel-dates,
+        a pixel-year a few dozen: TrainConfig's 256 per batch would make a step of the "small" preset
+        about 10 s on one CPU core. With 8 windows (upstream's order of batch size) a step takes about a
+        third of a second there, and its gradient still averages over thousands of hidden pixels; 64
+        validation windows (scored at 4 timesteps) take about a second; a buffer of 256 windows (about
+        60 MB with 4 bands and 2 SAR channels) mixes windows of several blocks.
+        """
+        # (measured on one core: synthetic_cube(ny=96, nx=96, bands=4), preset "small", 0.3 s a step)
+        return {"batch_size": 8, "validation_pixels": 64, "buffer_size": 256}
 
     def stream(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> PatchStream:
         size = self.tile_size(cubes, kwargs.get("optical", "optical"))
@@ -189,6 +201,12 @@ class RestoreDiTTask(TrainingTask):
             kwargs["buffer_size"] = max(1, min(int(kwargs["buffer_size"]), _SAMPLE_BYTES_BUFFER // sample_bytes))
         return PatchStream(cubes, size=size, frames=self.frames, min_clear=self.min_clear,
                            sar_window=self.sar_window, **kwargs)
+
+    def provenance(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> dict[str, Any]:
+        """The windows trained on: ``tile`` (the side :meth:`tile_size` chose for these cubes),
+        ``frames`` and ``sar_window``, the keys ``fill(method="restore-dit")`` takes its defaults from."""
+        return {"tile": int(self.tile_size(cubes, kwargs.get("optical", "optical"))), "frames": int(self.frames),
+                "sar_window": float(self.sar_window)}
 
     # -- the steps -------------------------------------------------------------------------------
     def setup(self, model: XreconModel) -> None:
@@ -255,15 +273,6 @@ class RestoreDiTTask(TrainingTask):
         if count == 0:
             return float("nan"), float("nan")
         return sq / count, math.sqrt(sq_refl / count)
-
-
-def _with_normalization(net: Any) -> Any:
-    """The trainer reads a model's ``normalization`` mapping (for the provenance): RESTORE-DiT's are its
-    unit maps. Set as a snapshot on the instance unless the model class provides it."""
-    if not hasattr(type(net), "normalization"):
-        net.normalization = {k: getattr(net, k).detach().cpu().numpy().copy()
-                             for k in ("optical_offset", "optical_scale", "sar_offset", "sar_scale")}
-    return net
 
 
 def _date_shift(model: Any) -> float:

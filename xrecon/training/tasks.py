@@ -49,15 +49,17 @@ class TrainingTask:
     A method is trainable when its registration names a subclass of this class
     (``training="module:Class"``). The trainer makes one instance per run and calls it in this order:
 
-    1. :meth:`presets` (``train(preset=...)`` is checked against them) and :meth:`options`: the
-       architecture options ``train(**options)`` takes besides the :class:`~xrecon.training.TrainConfig` fields.
+    1. :meth:`presets` (``train(preset=...)`` is checked against them), :meth:`options`: the
+       architecture options ``train(**options)`` takes besides the :class:`~xrecon.training.TrainConfig`
+       fields, and :meth:`config_defaults`: the task's defaults of those fields.
     2. :meth:`load_init` for ``init=`` and for resuming, then :meth:`architecture` (to refuse
        architecture options that differ from the loaded model's) and :meth:`check_model` (its bands
        against the cube's).
     3. :meth:`stream`: the stream of training batches (also the block grid and the validation set).
     4. :meth:`new_model` when training from scratch, inside the run's seeded random state.
-    5. :meth:`setup` once the model is on its device, then :meth:`loss` at every step and
-       :meth:`validate` at every validation.
+    5. :meth:`setup` once the model is on its device and :meth:`provenance` (what the task adds to
+       the checkpoints' provenance), then :meth:`loss` at every step and :meth:`validate` at every
+       validation.
 
     :meth:`loss` and :meth:`validate` run under the trainer's autocast (``TrainConfig.precision``,
     see :func:`xrecon.runtime.autocast`), :meth:`validate` also under ``torch.no_grad()`` with the
@@ -97,6 +99,21 @@ class TrainingTask:
     def options(self) -> frozenset[str]:
         """Names of the architecture options ``train(**options)`` accepts (passed to :meth:`new_model`)."""
         raise NotImplementedError
+
+    def config_defaults(self) -> dict[str, Any]:
+        """The task's own defaults of :class:`~xrecon.training.TrainConfig` fields.
+
+        They replace ``TrainConfig``'s defaults for the fields the user does not give: neither as a
+        keyword of :func:`~xrecon.training.train` (or ``xrecon train``'s flags and ``--option``) nor in
+        a ``config=`` object, which gives every field. A resumed run keeps its saved settings. The
+        default: none (``TrainConfig``'s defaults, sized for AnytimeFormer's pixel-years).
+
+        Returns
+        -------
+        dict
+            Field name -> value; the names must be fields of ``TrainConfig``.
+        """
+        return {}
 
     def new_model(self, preset: Any, architecture: Mapping[str, Any], bands: Sequence[str],
                   sar_bands: Sequence[str] | None, stats: NormStats) -> XreconModel:
@@ -203,6 +220,18 @@ class TrainingTask:
     def loader(self, stream: BlockStream, *, num_workers: int, generator: torch.Generator) -> DataLoader:
         """A DataLoader over one epoch of the training stream's batches (made anew every epoch)."""
         return DataLoader(stream, batch_size=None, num_workers=num_workers, generator=generator)
+
+    def provenance(self, cubes: Sequence[xr.Dataset], cfg: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+        """What the task adds to the checkpoints' provenance (``metadata["training"]``).
+
+        Called once per run (after :meth:`setup`) with the arguments of :meth:`stream` (``kwargs``:
+        ``optical``, ``sar``, ``mask``, ``block``). The place for the settings the task actually used
+        that are not :class:`~xrecon.training.TrainConfig` fields, such as the sample shape a method's
+        ``fill`` should default to. Values must be plain (str, numbers, bools, lists, dicts) and the
+        keys must differ from the trainer's own (``steps``, ``config``, ``normalization``...). The
+        default: nothing.
+        """
+        return {}
 
     # -- the steps -------------------------------------------------------------------------------
     def setup(self, model: XreconModel) -> None:

@@ -16,13 +16,17 @@ Files written for ``out="model.xrecon"`` (see :func:`training_files`):
 ``model.xrecon``
     The best model so far (lowest validation loss after step 0: the step-0 validation is a baseline,
     so this file appears at the first validation after training has started), an ordinary xrecon checkpoint for
-    ``ds.recon.fill(method="anytimeformer", checkpoint=...)``. Its ``metadata["training"]`` holds the
+    ``ds.recon.fill(method="anytimeformer", checkpoint=...)``; with ``TrainConfig.ema`` the moving
+    average of the weights (which is also what validation scores). Its ``metadata["training"]`` holds the
     provenance: settings, seed, steps, best and final validation loss, normalization statistics,
-    validation blocks, timings, what it was initialised from.
+    validation blocks, timings, what it was initialised from, and what the method's task adds
+    (:meth:`TrainingTask.provenance <xrecon.training.tasks.TrainingTask.provenance>`; RESTORE-DiT: the
+    ``tile``, ``frames`` and ``sar_window`` it trained on, which ``fill`` takes as its defaults).
 ``model.last.xrecon``
-    The latest model, also a loadable checkpoint, with the full resumable state in
-    ``metadata["resume"]``: optimizer, gradient scaler, random-number state, the stream's position
-    and the best score so far. ``train(..., resume=True)`` continues from it.
+    The latest model (the trained weights, never the average), also a loadable checkpoint, with the
+    full resumable state in ``metadata["resume"]``: optimizer, gradient scaler, random-number state,
+    the stream's position, the best score so far and the moving average of the weights, if any.
+    ``train(..., resume=True)`` continues from it.
 ``model.log.csv``
     One row per ``log_interval`` steps (and per validation): step, epoch, learning rate, training
     loss and its parts (the task's ``terms``; AnytimeFormer: imputation, reconstruction, tv),
@@ -35,6 +39,7 @@ every timing reads the module's clock ``_now``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import datetime
@@ -86,14 +91,17 @@ class TrainConfig:
 
     ``gaps``, ``loss``, ``reconstruction_weight``, ``anytime``, ``tv_weight``, ``window`` and
     ``min_obs`` are read by the method's training task (what they mean here is AnytimeFormer's);
-    the others by the trainer.
+    the others by the trainer. The defaults are AnytimeFormer's; a task may replace some of them
+    for the fields :func:`train` is not given (:meth:`TrainingTask.config_defaults
+    <xrecon.training.tasks.TrainingTask.config_defaults>`; RESTORE-DiT's count windows).
 
     Attributes
     ----------
     steps : int
         Optimizer steps in all (the schedule's length).
     batch_size : int
-        Pixels per step; a batch's pixels come from one cube and one calendar year (they share dates).
+        Samples per step. AnytimeFormer: pixel-years; a batch's pixels come from one cube and one
+        calendar year (they share dates). RESTORE-DiT: windows (its default: 8).
     lr, min_lr_ratio : float
         Peak learning rate, and the fraction of it the cosine decays to at ``steps``.
     warmup : int
@@ -123,7 +131,8 @@ class TrainConfig:
         None: the cubes' dask chunks when they make at least 8 blocks, else about a quarter of the
         larger side (at least 8 pixels).
     validation_pixels : int
-        At most this many validation pixel-years are scored (a fixed set, read once).
+        At most this many validation samples (pixel-years; RESTORE-DiT: windows, default 64) are
+        scored (a fixed set, read once).
     validation_interval, log_interval, checkpoint_interval : int
         Every how many steps to validate (and save the best), to log, to save the last state.
     seed : int
@@ -139,7 +148,16 @@ class TrainConfig:
     min_obs : int
         Pixel-years with fewer clear observations are skipped.
     buffer_size : int
-        Samples in the stream's shuffle buffer.
+        Samples in the stream's shuffle buffer (RESTORE-DiT: windows, default 256).
+    ema : float
+        Decay of an exponential moving average of the weights, kept after every optimizer step
+        (``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``: ``ema_w = decay ema_w
+        + (1 - decay) w``, starting from the weights after the first step; buffers such as the
+        normalization statistics are copied, never averaged). 0 (the default): none. With a decay,
+        validation scores the averaged weights and the best checkpoint holds them; the last
+        checkpoint holds the trained weights and the average in its resume state, so a resumed run
+        continues both. Its horizon is about ``1 / (1 - ema)`` steps (0.999: the last thousand), so
+        keep it well below ``steps``.
 
     Examples
     --------
@@ -173,10 +191,11 @@ class TrainConfig:
     window: str | None = "year"
     min_obs: int = 5
     buffer_size: int = 4096
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "reconstruction_weight", "tv_weight",
-                     "validation_fraction"):
+                     "validation_fraction", "ema"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
                     or not math.isfinite(value):
@@ -201,6 +220,9 @@ class TrainConfig:
             raise XreconError(f"TrainConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.loss not in ("l1", "mse"):
             raise XreconError(f"TrainConfig.loss must be 'l1' or 'mse', got {self.loss!r}")
+        if not 0 <= self.ema < 1:
+            raise XreconError(f"TrainConfig.ema must be in [0, 1): the decay of the weights' moving average "
+                              f"(0 = none, e.g. 0.999), got {self.ema!r}")
         if not 0 <= self.validation_fraction < 1:
             raise XreconError(f"TrainConfig.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.block is not None and (not isinstance(self.block, int) or self.block < 1):
@@ -384,6 +406,62 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+class _EMA:
+    """An exponential moving average of a model's weights (``TrainConfig.ema``), on the model's device.
+
+    What ``torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))``
+    computes, bit for bit (the tests compare them): the first update copies the parameters, later ones
+    ``ema = lerp(ema, w, 1 - decay)``; buffers (normalization statistics...) are copied from the
+    model at every update, never averaged. Written out because ``AveragedModel`` keeps its count of
+    updates in a tensor and reads it at every step (``bool(self.n_averaged == 0)``), which on a GPU
+    waits for the step to finish; here the count is a Python int.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained; the average is a copy of it (without its ``metadata``), in eval mode.
+    decay : float
+        In (0, 1).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.updates = 0
+        saved = getattr(model, "metadata", None)
+        if saved is not None:
+            model.metadata = {}  # a resumed model's metadata holds the whole resume state: not copied
+        try:
+            self.module = copy.deepcopy(model).eval()
+        finally:
+            if saved is not None:
+                model.metadata = saved
+        for q in self.module.parameters():
+            q.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Average in the model's current weights and copy its buffers."""
+        ema = list(self.module.parameters())
+        now = [q.detach() for q in model.parameters()]
+        if self.updates == 0:
+            for e, w in zip(ema, now, strict=True):
+                e.copy_(w)
+        else:
+            torch._foreach_lerp_(ema, now, 1.0 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The number of updates and the averaged weights (CPU copies), for the last checkpoint."""
+        return {"updates": self.updates,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.module.load_state_dict(state["state_dict"], strict=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # files
 
@@ -524,7 +602,17 @@ def _resolve_options(task: TrainingTask, cubes: xr.Dataset | Sequence[xr.Dataset
     explicit = {k: v for k, v in options.items() if k in train_fields}
     explicit.update((k, v) for k, v in shortcuts.items() if v is not None)
     architecture = {k: v for k, v in options.items() if k in arch_fields}
-    return cubes, dataclasses.replace(config or TrainConfig(), **explicit), explicit, architecture
+    return cubes, dataclasses.replace(config or _task_config(task), **explicit), explicit, architecture
+
+
+def _task_config(task: TrainingTask) -> TrainConfig:
+    """``TrainConfig()`` with the task's own defaults (:meth:`TrainingTask.config_defaults`)."""
+    defaults = dict(task.config_defaults())
+    unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise MethodError(f"{type(task).__name__}.config_defaults() names {unknown}, which are not TrainConfig "
+                          "fields")
+    return TrainConfig(**defaults)
 
 
 def _changed(task: TrainingTask, model: XreconModel, architecture: Mapping[str, Any]) -> list[str]:
@@ -684,6 +772,12 @@ class _Run:
         self.optimizer = torch.optim.AdamW(_decay_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
         self.scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
         self.p = _Progress()
+        self.task_provenance = dict(task.provenance(data.cubes, cfg, **data.stream_kw))
+        clash = sorted(set(self.task_provenance) & set(self._provenance()))
+        if clash:
+            raise MethodError(f"{type(task).__name__}.provenance() returns keys of the trainer's own: {clash}")
+        # The weights' moving average: validated and saved as the best model (draws no random numbers).
+        self.ema = _EMA(net, cfg.ema) if cfg.ema else None
         if state is not None:
             self._restore(state)
         self.log = _Log(log_path, self.p.step if state is not None else None, log_columns(task.terms))
@@ -693,6 +787,11 @@ class _Run:
         self.n_sum = 0
 
     def _restore(self, state: Mapping[str, Any]) -> None:
+        if self.ema is not None:
+            if not isinstance(state.get("ema"), Mapping):
+                raise CheckpointError(f"{self.last_path.name!r} was saved with ema={self.cfg.ema} but holds no "
+                                      "moving average of the weights to resume")
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["stream"])
@@ -702,6 +801,10 @@ class _Run:
         self.p = _Progress.from_state(state)
 
     def provenance(self) -> dict[str, Any]:
+        """``metadata["training"]`` of both checkpoints: the trainer's record and the task's (its ``provenance``)."""
+        return {**self._provenance(), **self.task_provenance}
+
+    def _provenance(self) -> dict[str, Any]:
         p, data = self.p, self.data
         return {
             "steps": p.step, "seed": self.cfg.seed, "config": self.cfg.to_dict(),
@@ -715,9 +818,13 @@ class _Run:
             "time_budget": None if self.budget is None else self.budget.to_dict(),
         }
 
+    def scored(self) -> Any:
+        """The weights validated and saved as the best model: the moving average, if any, else the trained ones."""
+        return self.net if self.ema is None else self.ema.module
+
     def save_best(self) -> None:
         t0 = _now()
-        _save(self.net, self.best_path, {"training": self.provenance()})
+        _save(self.scored(), self.best_path, {"training": self.provenance()})
         self.save_seconds += _now() - t0
 
     def save_last(self) -> None:
@@ -731,6 +838,8 @@ class _Run:
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "time_budget": None if self.budget is None else self.budget.to_dict(),
         }
+        if self.ema is not None:
+            resume_state["ema"] = self.ema.state_dict()
         t0 = _now()
         _save(self.net, self.last_path, {"training": self.provenance(), "resume": resume_state})
         self.save_seconds += _now() - t0
@@ -741,13 +850,14 @@ class _Run:
     def validate(self, baseline: bool = False) -> None:
         """Score the validation set, and save the best model when it improves (never a ``baseline``)."""
         p, t0 = self.p, _now()
-        self.net.eval()
+        model = self.scored()
+        model.eval()
         try:
             with torch.no_grad(), autocast(self.dev, self.amp):
                 batches = (_to(batch, self.dev) for batch in self.val_batches)
-                p.last_val = self.task.validate(self.net, batches, self.cfg)
+                p.last_val = self.task.validate(model, batches, self.cfg)
         finally:
-            self.net.train()
+            self.net.train()  # (the moving average stays in eval mode: it is never trained)
         self.val_seconds += _now() - t0
         self.clock()
         if baseline:
@@ -854,6 +964,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.net)
         self.stream.mark_consumed(batch)
         self.p.step += 1
         self.p.pixels += int(batch["optical"].shape[0])
@@ -953,7 +1065,10 @@ def train(
         seconds) is in the provenance's ``time_budget`` and on stderr; a resumed run keeps its
         planned steps (the budget counts from each call only while nothing is planned yet).
     batch_size, seed, validation_fraction
-        Shortcuts for the :class:`TrainConfig` fields.
+        Shortcuts for the :class:`TrainConfig` fields. Fields given neither here, in ``**options``
+        nor through ``config`` take the task's defaults (``TrainingTask.config_defaults()``;
+        RESTORE-DiT: ``batch_size=8``, ``validation_pixels=64``, ``buffer_size=256`` windows), else
+        TrainConfig's.
     device : str or torch.device, optional
         None: CUDA when available, else the CPU.
     threads : int, optional
@@ -982,8 +1097,8 @@ def train(
     model : str or AnytimeFormerConfig, optional
         Deprecated alias of ``preset`` (a FutureWarning).
     **options
-        Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``...) and the method's
-        architecture options (its task's ``options()``; for AnytimeFormer the fields of
+        Other :class:`TrainConfig` fields (``lr=``, ``warmup=``, ``anytime=``, ``ema=0.999``...) and
+        the method's architecture options (its task's ``options()``; for AnytimeFormer the fields of
         ``AnytimeFormerConfig``: ``d_model=``, ``dropout=``...).
 
     Returns
@@ -1042,7 +1157,7 @@ def train(
         bar = _bar(progress, run.p.step, None if planning else cfg.steps)
         bar.write(f"train {task.name}: preset {_describe_preset(preset, init, state)}, device {dev}"
                   + (f", threads {torch.get_num_threads()}" if dev.type == "cpu" else "")
-                  + f", batch {cfg.batch_size}, "
+                  + f", batch {cfg.batch_size}" + (f", ema {cfg.ema:g}" if cfg.ema else "") + ", "
                   + (f"time budget {plan.seconds:g} s" if planning else f"{cfg.steps} steps"))
         if state is None:
             run.begin()
