@@ -23,7 +23,7 @@ import xarray as xr
 from xrecon.errors import CubeError, XreconError
 from xrecon.rng import hash_uniform
 
-__all__ = ["CLOUD_ROUNDS", "GAP_SHAPES", "hide_observations"]
+__all__ = ["CLOUD_ROUNDS", "GAP_SHAPES", "hidden_mask", "hide_observations"]
 
 #: The named hold-out shapes (an int, a block side in pixels, is the third kind).
 GAP_SHAPES = ("pixels", "clouds")
@@ -94,31 +94,58 @@ def hide_observations(
     valid = obs.notnull().all("band")
     if mask is not None:
         valid = valid & ds[mask].astype(bool)
-    idx = {d: xr.DataArray(np.arange(obs.sizes[d], dtype=np.int64), dims=d) for d in ("time", "y", "x")}
-    if obs.chunks is not None:
-        idx = {d: a.chunk({d: obs.chunksizes[d]}) for d, a in idx.items()}
-    if gaps == "pixels":
-        u = xr.apply_ufunc(
-            lambda t, y, x: hash_uniform(int(seed), t, y, x),
-            idx["time"], idx["y"], idx["x"],
-            dask="parallelized", output_dtypes=[np.float64],
-        ).transpose("time", "y", "x")
-        hidden = valid & (u < fraction)
-    elif gaps == "clouds":
-        hidden = _cloud_hidden(valid, fraction, int(seed))
-    else:
-        u = xr.apply_ufunc(
-            lambda t, y, x: _block_uniform(int(seed), int(gaps), t, y, x),
-            idx["time"], idx["y"], idx["x"],
-            dask="parallelized", output_dtypes=[np.float64],
-        ).transpose("time", "y", "x")
-        hidden = valid & (u < fraction)
+    hidden = hidden_mask(valid, fraction, seed=seed, gaps=gaps)
     hidden = hidden.rename("hidden")
     out = ds.copy()
     out[optical] = obs.where(~hidden)
     if mask is not None:
         out[mask] = ds[mask].astype(bool) & ~hidden
     return out, hidden
+
+
+def hidden_mask(valid: xr.DataArray, fraction: float, *, seed: int = 0, gaps: str | int = "pixels",
+                offset: tuple[int, int, int] = (0, 0, 0)) -> xr.DataArray:
+    """Which clear observations to hide: the bool ``(time, y, x)`` mask of :func:`hide_observations`.
+
+    The one implementation of the hold-out shapes, used by ``evaluate`` (on a whole cube, lazily) and
+    by the training streams (on a block in memory, :class:`~xrecon.training.patches.PatchStream`
+    with ``gaps="clouds"`` or a block side).
+
+    Parameters
+    ----------
+    valid : xr.DataArray (time, y, x) of bool
+        The clear observations (lazy or not).
+    fraction, seed, gaps
+        As for :func:`hide_observations`.
+    offset : (int, int, int)
+        Index of ``valid``'s first (time, y, x) in the cube it comes from: the pixel and block choices
+        are keyed on positions in that cube, so a block gets the same choice as the whole cube does
+        there. (``"clouds"`` reaches ``fraction`` within ``valid``: a block's choice is its own.)
+
+    Examples
+    --------
+    >>> valid = xr.DataArray(np.ones((4, 6, 6), bool), dims=("time", "y", "x"))
+    >>> whole = hidden_mask(valid, 0.3, seed=1, gaps=2)
+    >>> part = hidden_mask(valid[1:, 2:, 4:], 0.3, seed=1, gaps=2, offset=(1, 2, 4))
+    >>> bool((whole[1:, 2:, 4:] == part).all())
+    True
+    """
+    gaps = check_gaps(gaps)
+    if gaps == "clouds":
+        return _cloud_hidden(valid, fraction, int(seed))
+    idx = {d: xr.DataArray(np.arange(valid.sizes[d], dtype=np.int64) + o, dims=d)
+           for d, o in zip(("time", "y", "x"), offset, strict=True)}
+    if valid.chunks is not None:
+        idx = {d: a.chunk({d: valid.chunksizes[d]}) for d, a in idx.items()}
+    if gaps == "pixels":
+        def uniform(t, y, x):
+            return hash_uniform(int(seed), t, y, x)
+    else:
+        def uniform(t, y, x):
+            return _block_uniform(int(seed), int(gaps), t, y, x)
+    u = xr.apply_ufunc(uniform, idx["time"], idx["y"], idx["x"], dask="parallelized",
+                       output_dtypes=[np.float64]).transpose("time", "y", "x")
+    return (valid & (u < fraction)).transpose("time", "y", "x")
 
 
 def check_gaps(gaps: object) -> str | int:

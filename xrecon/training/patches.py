@@ -30,6 +30,7 @@ import xarray as xr
 
 from xrecon.cube import DEFAULT_SAR
 from xrecon.errors import XreconError
+from xrecon.holdout import check_gaps, hidden_mask
 from xrecon.training.stream import _DEFAULT_BLOCK, BlockStream, _Block
 
 __all__ = ["PatchStream", "collate_patches", "sar_in_reach"]
@@ -104,6 +105,14 @@ class PatchStream(BlockStream):
         ``fill`` does; pixels with none in reach have ``sar_valid`` False and zeros.
     date_origin : str
         ``dates`` are days since this day (RESTORE-DiT's convention; default upstream's 2018-09-01).
+    gaps : "window", "clouds", "pixels" or int
+        The simulated clouds. ``"window"``: the not-clear pixels of a donor window drawn from elsewhere
+        in the block (another place and time, flipped), hiding 5-90 % of the window's clear pixels.
+        The others are ``evaluate``'s hold-out shapes (:func:`xrecon.holdout.hidden_mask`, the same
+        implementation), drawn once per block and epoch over the whole block with ``gap_fraction``:
+        ``"clouds"`` (other dates' clouds at the same place), a block side, or single pixels.
+    gap_fraction : float
+        The share of a block's clear observations hidden with evaluate's shapes (not with "window").
     augment : bool
         Turn each window by a random element of the square's symmetries (flips and transposition,
         the same for all its arrays): without it a network soon learns the training area's
@@ -126,7 +135,7 @@ class PatchStream(BlockStream):
     ============== ============== ======= =====================================================
     ``optical``    (T, C, H, W)   float32 reflectance where ``valid``, 0 elsewhere (never NaN)
     ``valid``      (T, H, W)      bool    a clear observation (finite in every band, clear in ``mask``)
-    ``cloud``      (T, H, W)      bool    the simulated clouds: the donor window's not-clear pixels
+    ``cloud``      (T, H, W)      bool    the simulated clouds (``gaps``): e.g. a donor window's not-clear pixels
     ``dates``      (T,)           float32 days since ``date_origin``
     ``sar``        (T, S, H, W)   float32 dB, per pixel of the nearest finite SAR date in reach, else 0
     ``sar_valid``  (T, H, W)      bool    a finite SAR observation within ``sar_window`` days
@@ -154,6 +163,8 @@ class PatchStream(BlockStream):
         min_clear: float = 0.3,
         sar_window: float = 6.0,
         date_origin: str = DEFAULT_DATE_ORIGIN,
+        gaps: str | int = "window",
+        gap_fraction: float = 0.3,
         augment: bool = True,
         buffer_size: int = 256,
         block: int | tuple[int, int] | None = None,
@@ -172,6 +183,10 @@ class PatchStream(BlockStream):
             raise XreconError(f"per_block must be >= 1 or None, got {per_block}")
         if not 0 <= min_clear <= 1:
             raise XreconError(f"min_clear must be in [0, 1], got {min_clear}")
+        if not (isinstance(gaps, str) and gaps == "window"):
+            gaps = check_gaps(gaps)
+        if not 0 < gap_fraction <= 1:
+            raise XreconError(f"gap_fraction must be in (0, 1], got {gap_fraction!r}")
         if not sar_window >= 0:
             raise XreconError(f"sar_window must be >= 0 days, got {sar_window}")
         if batch_size is not None and batch_size < 1:
@@ -188,6 +203,7 @@ class PatchStream(BlockStream):
         self.min_clear, self.sar_window, self.date_origin = float(min_clear), float(sar_window), str(date_origin)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.augment = bool(augment)
+        self.gaps, self.gap_fraction = gaps, float(gap_fraction)
         if all(info.cube.optical.sizes["time"] < self.frames for info in self._infos):
             raise XreconError(f"frames={self.frames}: no cube has that many optical dates")
         # Per cube: optical dates (days since the origin) and each date's SAR date; coordinates only.
@@ -220,13 +236,21 @@ class PatchStream(BlockStream):
         dates = self._dates[block.cube]
         reach = self._sar_reach[block.cube]
         sar_ok = np.array([len(r) > 0 for r in reach], bool)
+        shapes = None
+        if self.gaps != "window":  # evaluate's shapes over the whole block, keyed on its place in the cube
+            da = xr.DataArray(valid, dims=("time", "y", "x"))
+            shapes = hidden_mask(da, self.gap_fraction, seed=int(rng.integers(2**31)), gaps=self.gaps,
+                                 offset=(0, block.ys.start, block.xs.start)).values
         samples = []
         for _ in range(n):
             t0, y0, x0 = (int(rng.integers(0, m + 1)) for m in (n_time - f, by - s, bx - s))
             v = valid[t0:t0 + f, y0:y0 + s, x0:x0 + s]  # (F, s, s) view
             if v.mean() < self.min_clear:
                 continue
-            cloud = self._donor(valid, v, (t0, y0, x0), rng)
+            if shapes is None:
+                cloud = self._donor(valid, v, (t0, y0, x0), rng)
+            else:
+                cloud = shapes[t0:t0 + f, y0:y0 + s, x0:x0 + s].copy()
             opt = block.optical[t0:t0 + f, :, y0:y0 + s, x0:x0 + s]
             opt = np.where(v[:, None], opt, 0).astype(np.float32)  # (F, C, s, s), a new array
             frame_ok = sar_ok[t0:t0 + f].copy()  # (F,)

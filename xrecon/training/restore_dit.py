@@ -111,14 +111,18 @@ class RestoreDiTTask(TrainingTask):
     - **Provenance**: the checkpoints record the ``tile`` used, ``frames`` and ``sar_window`` in
       ``metadata["training"]`` (:meth:`provenance`), from which ``fill(method="restore-dit")`` takes
       its default ``tile`` and ``frames``.
+    - **Simulated clouds**: ``gaps`` (default ``"window"``: a donor window's clouds from elsewhere in
+      the block) or one of ``evaluate``'s hold-out shapes, ``"clouds"`` or a block side, hiding
+      ``gap_fraction`` of each block (the same implementation, :func:`xrecon.holdout.hidden_mask`;
+      see :class:`~xrecon.training.patches.PatchStream`).
     - **Loss**: :func:`masked_mse` of the x0 prediction on the simulated clouds' clear pixels, the
       input noised (:func:`add_noise`, a random timestep per window) where masked (simulated clouds
       and missing pixels) and clean where observed.
     - **Validation**: that loss and the RMSE in reflectance of a one-step x0 prediction at each of
       :data:`VALIDATION_TIMESTEPS`, with noise from a fixed seed: deterministic.
 
-    Subclass it to change ``tile``, ``frames``, ``min_clear`` or ``sar_window``, and register the
-    subclass as a method's ``training``.
+    Subclass it to change ``tile``, ``frames``, ``min_clear``, ``sar_window``, ``gaps`` or
+    ``gap_fraction``, and register the subclass as a method's ``training``.
     """
 
     name = "restore-dit"
@@ -129,6 +133,8 @@ class RestoreDiTTask(TrainingTask):
     frames: ClassVar[int] = 8
     min_clear: ClassVar[float] = 0.3
     sar_window: ClassVar[float] = 6.0
+    gaps: ClassVar[str | int] = "window"
+    gap_fraction: ClassVar[float] = 0.3
 
     def __init__(self) -> None:
         self._alphas: torch.Tensor | None = None
@@ -200,13 +206,14 @@ class RestoreDiTTask(TrainingTask):
             sample_bytes = self.frames * size * size * (4 * (n_band + n_sar) + 3)
             kwargs["buffer_size"] = max(1, min(int(kwargs["buffer_size"]), _SAMPLE_BYTES_BUFFER // sample_bytes))
         return PatchStream(cubes, size=size, frames=self.frames, min_clear=self.min_clear,
-                           sar_window=self.sar_window, **kwargs)
+                           sar_window=self.sar_window, gaps=self.gaps, gap_fraction=self.gap_fraction, **kwargs)
 
     def provenance(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> dict[str, Any]:
         """The windows trained on: ``tile`` (the side :meth:`tile_size` chose for these cubes),
-        ``frames`` and ``sar_window``, the keys ``fill(method="restore-dit")`` takes its defaults from."""
+        ``frames`` and ``sar_window``, the keys ``fill(method="restore-dit")`` takes its defaults from;
+        and the simulated clouds (``gaps``, ``gap_fraction``)."""
         return {"tile": int(self.tile_size(cubes, kwargs.get("optical", "optical"))), "frames": int(self.frames),
-                "sar_window": float(self.sar_window)}
+                "sar_window": float(self.sar_window), "gaps": self.gaps, "gap_fraction": float(self.gap_fraction)}
 
     # -- the steps -------------------------------------------------------------------------------
     def setup(self, model: XreconModel) -> None:

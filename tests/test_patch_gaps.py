@@ -1,0 +1,97 @@
+"""The patch stream's simulated clouds and evaluate's hold-outs are one implementation (xrecon.holdout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xrecon.errors import XreconError
+from xrecon.holdout import hidden_mask, hide_observations
+from xrecon.testing import synthetic_cube
+from xrecon.training import PatchStream, RestoreDiTTask, TrainConfig
+
+SIZE, FRAMES, BLOCK = 16, 6, 16
+
+
+@pytest.fixture(scope="module")
+def cube():
+    return synthetic_cube(ny=32, nx=32, bands=3, seed=5, sar=False).compute()
+
+
+def samples(cube, **kw):
+    kw = dict(dict(size=SIZE, frames=FRAMES, seed=3, mask="clear", block=BLOCK, augment=False), **kw)
+    return list(PatchStream(cube, **kw))
+
+
+def test_hidden_mask_of_a_block_is_the_whole_cubes_there(cube):
+    valid = cube.optical.notnull().all("band") & cube.clear
+    for gaps in ("pixels", 4):
+        whole = hidden_mask(valid, 0.3, seed=2, gaps=gaps)
+        part = hidden_mask(valid[:, 16:, 8:24], 0.3, seed=2, gaps=gaps, offset=(0, 16, 8))
+        xr.testing.assert_equal(whole[:, 16:, 8:24].drop_vars(["y", "x", "time"], errors="ignore"),
+                                part.drop_vars(["y", "x", "time"], errors="ignore"))
+    held, hidden = hide_observations(cube, 0.3, seed=2, gaps="clouds", mask="clear")
+    xr.testing.assert_equal(hidden.drop_vars("hidden", errors="ignore").rename(None),
+                            hidden_mask(valid, 0.3, seed=2, gaps="clouds").rename(None))
+
+
+@pytest.mark.parametrize("gaps", ["clouds", 4, "pixels"])
+def test_stream_uses_evaluates_shapes(cube, gaps):
+    """Each window's clouds are hidden_mask's choice on its block, cut to the window, all clear pixels."""
+    found = samples(cube, gaps=gaps, gap_fraction=0.25)
+    assert found
+    valid = (cube.optical.notnull().all("band") & cube.clear).values
+    shares = []
+    for s in found:
+        t, y, x = s["t"], s["y"], s["x"]
+        window = valid[t:t + FRAMES, y:y + SIZE, x:x + SIZE]
+        np.testing.assert_array_equal(s["valid"], window)
+        assert not (s["cloud"] & ~s["valid"]).any()  # only clear observations are hidden
+        shares.append(s["cloud"].sum() / max(s["valid"].sum(), 1))
+    assert 0.1 < np.mean(shares) < 0.45  # about gap_fraction of the clear observations
+    if gaps == 4:  # squares on the shifted grid: a hidden pixel's 4x4 cell is hidden where clear
+        s = max(found, key=lambda s: s["cloud"].sum())
+        assert s["cloud"].sum() >= 8
+
+
+def test_cloud_shapes_are_contiguous_and_from_other_dates(cube):
+    """gaps="clouds": a hidden pixel on a date is under another date's cloud at the same place."""
+    valid = (cube.optical.notnull().all("band") & cube.clear).values
+    for s in samples(cube, gaps="clouds", gap_fraction=0.25):
+        y, x = s["y"], s["x"]
+        cloudy_somewhere = (~valid[:, y:y + SIZE, x:x + SIZE]).any(0)  # (H, W)
+        assert not (s["cloud"].any(0) & ~cloudy_somewhere).any()
+
+
+def test_window_default_is_unchanged_and_seeded(cube):
+    a, b = samples(cube), samples(cube, gaps="window")
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["cloud"], y["cloud"])
+    c, d = samples(cube, gaps="clouds"), samples(cube, gaps="clouds")
+    for x, y in zip(c, d, strict=True):
+        np.testing.assert_array_equal(x["cloud"], y["cloud"])
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(gaps="blobs"), "gaps='blobs'"),
+    (dict(gaps=0), "gaps=0"),
+    (dict(gaps="clouds", gap_fraction=0), "gap_fraction"),
+    (dict(gaps="clouds", gap_fraction=1.5), "gap_fraction"),
+])
+def test_bad_gaps(cube, kw, match):
+    with pytest.raises(XreconError, match=match):
+        samples(cube, **kw)
+
+
+def test_the_task_passes_its_shapes_to_the_stream(cube):
+    class CloudTask(RestoreDiTTask):
+        tile, frames, gaps, gap_fraction = SIZE, FRAMES, "clouds", 0.25
+
+    task = CloudTask()
+    got = task.stream([cube], TrainConfig(), mask="clear", seed=3, block=BLOCK, augment=False)
+    assert (got.gaps, got.gap_fraction) == ("clouds", 0.25)
+    assert task.provenance([cube], TrainConfig(), mask="clear")["gaps"] == "clouds"
+    for a, b in zip(got, samples(cube, gaps="clouds", gap_fraction=0.25), strict=True):
+        np.testing.assert_array_equal(a["cloud"], b["cloud"])
