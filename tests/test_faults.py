@@ -180,8 +180,8 @@ def test_a_dask_worker_killed_mid_fill_gives_the_same_result(cube_path, tmp_path
 def test_cli_train_threads_is_used_recorded_and_restored(tmp_path, capsys):
     """``xrecon train --threads N``: torch's threads for the run on the CPU, in the provenance, then restored.
 
-    (Not a fault, but of the same issue: long training jobs on shared machines. That ``threads=None``
-    changes nothing is ``tests/test_train.py``, which passes unchanged.)
+    (Not a fault, but of the same issue: long training jobs on shared machines; ``threads=None`` is
+    the next tests.)
     """
     import torch
 
@@ -204,3 +204,35 @@ def test_cli_train_threads_is_used_recorded_and_restored(tmp_path, capsys):
     assert meta["threads"] == want and meta["torch_threads"] == want
     with pytest.raises(xrecon.errors.XreconError, match="threads"):
         xrecon.training.train(ds, tmp_path / "n.xrecon", threads=True, steps=2, progress=False)
+
+
+def test_default_threads_is_half_the_cpus_unless_the_environment_says(monkeypatch):
+    import torch
+
+    from xrecon import runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    for cpus, want in ((1, 1), (2, 1), (3, 1), (8, 4), (64, 16)):
+        monkeypatch.setattr(runtime, "usable_cpus", lambda cpus=cpus: cpus)
+        assert runtime.default_threads() == want
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.default_threads() == 16  # the user's setting: torch's, untouched
+
+
+def test_train_without_threads_uses_the_default_and_restores(monkeypatch, tmp_path):
+    import torch
+
+    from xrecon.training import trainer
+
+    ds = synthetic_cube(ny=16, nx=16, bands=3, sar=False, seed=3, revisit_days=10, field_size=4)
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    monkeypatch.setattr(trainer, "default_threads", lambda: want)
+    out = xrecon.training.train(ds, tmp_path / "m.xrecon", preset="small", steps=2, batch_size=16, device="cpu",
+                                validation_fraction=0.25, block=8, warmup=1, d_model=16, d_inner=16, d_k=4, d_v=4,
+                                progress=False)
+    assert torch.get_num_threads() == before
+    meta = xrecon.models.load(out, device="cpu").metadata["training"]
+    assert meta["threads"] is None and meta["torch_threads"] == want

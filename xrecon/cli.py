@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="seed of hold-out, data order, gaps, weights")
     t.add_argument("--device", default=None, help="torch device; default cuda if available")
     t.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads on the CPU (torch.set_num_threads), e.g. 1 or 2 on a shared machine; "
-                        "default: torch's own")
+                   help="torch threads on the CPU (torch.set_num_threads); default: half the usable CPUs "
+                        "(OMP_NUM_THREADS if set), fastest on a shared machine")
     t.add_argument("--validation-fraction", type=float, default=None, help="share of spatial blocks held out")
     t.add_argument("--init", default=None, help="fine-tune from this xrecon checkpoint")
     _add_cube_arguments(t, chunks_example="y=256,x=256")

@@ -26,9 +26,11 @@ __all__ = [
     "autocast",
     "cached_model",
     "clear_model_cache",
+    "default_threads",
     "file_sha256",
     "resolve_device",
     "resolve_precision",
+    "usable_cpus",
 ]
 
 #: Numeric precisions accepted by the neural models, and the torch dtype of their matrix products.
@@ -36,6 +38,36 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloa
 
 # Names that moved to xrecon.models.cache, served by __getattr__ below for existing callers.
 _MOVED_TO_CACHE = ("cached_model", "clear_model_cache")
+
+
+#: Environment variables by which a user sets the threads of torch's CPU kernels: when one is set,
+#: :func:`default_threads` keeps torch's setting.
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Torch threads for training on a CPU when none are asked for: half the usable CPUs, at least one.
+
+    At most torch's current setting, and torch's setting itself when ``OMP_NUM_THREADS`` or
+    ``MKL_NUM_THREADS`` is set. Why half: torch's own default (every core) is fastest only on an idle
+    machine, and loses badly as soon as anything else runs, because its threads wait for each other
+    at every operation. On the project's shared 2-core machine (``benchmarks/train_threads.py``),
+    AnytimeFormer's step took 0.38 s with 2 threads and 0.56 s with 1 when the machine was quiet,
+    but 1.22 s with 2 threads against 0.56 s with 1 while other jobs ran: one thread lost at most
+    a third, two threads lost more than half. Pass ``threads=`` (``xrecon train --threads``) on a
+    machine of your own.
+    """
+    if any(os.environ.get(name) for name in THREAD_ENV):
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), usable_cpus() // 2))
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -61,7 +61,7 @@ from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
 from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
 from xrecon.models.base import XreconModel
-from xrecon.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
+from xrecon.runtime import PRECISIONS, autocast, default_threads, resolve_device, resolve_precision
 from xrecon.training.gaps import GapConfig
 from xrecon.training.stats import NormStats, compute_stats
 from xrecon.training.stream import BlockStream
@@ -1074,7 +1074,9 @@ def train(
     threads : int, optional
         Torch's intra-op threads for a run on the CPU (``torch.set_num_threads``), restored when the run
         ends; recorded in the provenance (``threads``, and ``torch_threads`` the count used). None:
-        torch's current setting. Ignored on a GPU. ``xrecon train --threads``.
+        :func:`xrecon.runtime.default_threads`, half the usable CPUs (torch's own setting when
+        ``OMP_NUM_THREADS`` is set), which trains fastest on a shared machine; on an idle one of
+        your own, all its cores may be faster. Ignored on a GPU. ``xrecon train --threads``.
     init : path or XreconModel, optional
         Fine-tune from these weights: an xrecon checkpoint, or a model such as
         ``anytimeformer.from_official(...)``. Its bands must match the cube's by name, and its
@@ -1219,10 +1221,13 @@ def train(
 
 @contextlib.contextmanager
 def _cpu_threads(threads: int | None, dev: torch.device) -> Any:
-    """``torch.set_num_threads(threads)`` for a run on the CPU, the caller's setting restored afterwards."""
-    if threads is None or dev.type != "cpu":
+    """``torch.set_num_threads(threads)`` (None: :func:`~xrecon.runtime.default_threads`) for a run on the CPU,
+    the caller's setting restored afterwards."""
+    if dev.type != "cpu":
         yield
         return
+    if threads is None:
+        threads = default_threads()
     before = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
