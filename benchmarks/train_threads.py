@@ -5,7 +5,8 @@ few steps on a small synthetic cube with 1, 2, ... torch threads (``train(thread
 while ``--loads`` other processes keep cores busy (a busy loop each, as other jobs on a shared machine
 would), and prints the training seconds per step (``train_seconds`` of the provenance: validation and
 set-up excluded) as the median of ``--repeat`` interleaved runs, and each thread count's rate as a ratio
-to one thread under the same load. ``xrecon.runtime.default_threads()`` (what ``train`` uses when not told) is printed beside it.
+to one thread under the same load. ``xrecon.runtime.default_threads()`` (what ``train`` uses when not
+told) is printed beside it.
 
     .venv/bin/python benchmarks/train_threads.py                       # loads 0, 1, 2 on this machine
     .venv/bin/python benchmarks/train_threads.py --loads 0 3 --threads 1 2 4 --repeat 5
@@ -25,8 +26,8 @@ import torch
 
 import xrecon  # noqa: F401  (registers the accessor)
 import xrecon.models
-from xrecon.testing import synthetic_cube
 from xrecon.runtime import default_threads
+from xrecon.testing import synthetic_cube
 from xrecon.training import train
 
 NETWORKS = {

@@ -28,7 +28,7 @@ import xarray as xr
 from xrecon import methods
 from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
-from xrecon.errors import CheckpointError, CubeError, MethodError, XreconError
+from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.kernels import FillSpec, check_reflectance_values, fill_patch, fill_pixels
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
