@@ -6,7 +6,7 @@ blocks, reconstructs them with each method at the optical dates and prints the p
 and gap shape, and each method's change against the best temporal method. Data through
 ``XRECON_TEST_DATA`` (default ``../shared``); the networks are compared in benchmarks/train_*.py.
 
-Run: ``python benchmarks/realdata_gaps.py [--holdout 0.1] [--seed 0] [--max-radius R] [--min-neighbors K]``
+Run: ``python benchmarks/realdata_gaps.py [--holdout 0.1] [--seed 0] [--radius r] [--max-radius R] [--min-neighbors K]``
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--radius", type=int, default=None, help="neighbors' radius (default: its own)")
     p.add_argument("--max-radius", type=int, default=None, help="neighbors' max_radius (default: its own)")
     p.add_argument("--min-neighbors", type=int, default=None, help="neighbors' min_neighbors (default: its own)")
     args = p.parse_args()
-    nb = {k: v for k, v in (("max_radius", args.max_radius), ("min_neighbors", args.min_neighbors)) if v is not None}
+    nb = {k: v for k, v in (("radius", args.radius), ("max_radius", args.max_radius),
+                            ("min_neighbors", args.min_neighbors)) if v is not None}
     found = cubes()
     if not found:
         raise SystemExit(f"no cube found in {DATA} (set XRECON_TEST_DATA)")
