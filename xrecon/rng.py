@@ -29,10 +29,21 @@ _M3 = np.uint64(0x94D049BB133111EB)
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
-    z = z + _M1
-    z = (z ^ (z >> np.uint64(30))) * _M2
-    z = (z ^ (z >> np.uint64(27))) * _M3
-    return z ^ (z >> np.uint64(31))
+    """One splitmix64 round of a uint64 array, in place where ``z`` is an array of its own (returned)."""
+    if np.ndim(z) == 0:
+        z = z + _M1
+        z = (z ^ (z >> np.uint64(30))) * _M2
+        z = (z ^ (z >> np.uint64(27))) * _M3
+        return z ^ (z >> np.uint64(31))
+    tmp = np.empty_like(z)
+    z += _M1
+    for shift, mult in ((30, _M2), (27, _M3)):
+        np.right_shift(z, np.uint64(shift), out=tmp)
+        z ^= tmp
+        z *= mult
+    np.right_shift(z, np.uint64(31), out=tmp)
+    z ^= tmp
+    return z
 
 
 def hash_uniform(seed: int, *indices: np.ndarray) -> np.ndarray:
@@ -50,10 +61,13 @@ def hash_uniform(seed: int, *indices: np.ndarray) -> np.ndarray:
     """
     shape = np.broadcast_shapes(*(np.shape(i) for i in indices))
     with np.errstate(over="ignore"):
-        z = _splitmix(np.full(shape, int(seed), dtype=np.int64).view(np.uint64))
+        z = _splitmix(np.asarray(int(seed), dtype=np.int64).view(np.uint64))  # the seed's round: once
         for idx in indices:
-            z = _splitmix(z ^ np.asarray(idx, dtype=np.int64).view(np.uint64))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+            z = _splitmix(z ^ np.asarray(idx, dtype=np.int64).view(np.uint64))  # a new array: in place
+        z = np.broadcast_to(z, shape) >> np.uint64(11)
+    u = z.astype(np.float64)
+    u *= 2.0**-53
+    return u
 
 
 class PositionalRandom:
