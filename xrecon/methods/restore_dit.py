@@ -160,13 +160,6 @@ def build(method: Method, request: BuildRequest) -> Plan:
     resolve_precision(opts["precision"], resolve_device(request.device))
     if request.batch_size is not None:
         _positive_int("batch_size", request.batch_size)
-    chunked = any(da is not None and da.chunks is not None for da in (cube.optical, cube.clear, cube.sar))
-    extent = min(cube.optical.sizes["y"], cube.optical.sizes["x"])
-    if chunked and extent < method.halo:
-        # dask's overlap cannot read a halo wider than the array
-        raise MethodError(f"method {method.name!r} reads a halo of {method.halo} pixels around each chunk, and this "
-                          f"dask-backed cube is only {cube.optical.sizes['y']} x {cube.optical.sizes['x']} pixels; "
-                          "load it into memory first (ds.load()), which needs no halo")
     use_sar = sar_bands is not None
     return Plan.of(
         {
@@ -295,10 +288,19 @@ def tile_noise(seed: int, ky: int, kx: int, window: int, shape: Sequence[int]) -
     to (seed, tile position on the global grid, window start) and each number's position in the tile."""
     key = int(hash_uniform(seed, np.array(0x5D1), np.array(ky), np.array(kx), np.array(window)) * 2.0**53)
     n = int(np.prod(shape))
-    lin = np.arange(n, dtype=np.int64)
-    u1 = hash_uniform(key, 2 * lin)
-    u2 = hash_uniform(key, 2 * lin + 1)
-    return (np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)).astype(np.float32).reshape(shape)
+    lin = np.arange(0, 2 * n, 2, dtype=np.int64)
+    u1 = hash_uniform(key, lin)
+    lin += 1
+    u2 = hash_uniform(key, lin)
+    # Box-Muller, sqrt(-2 log1p(-u1)) cos(2 pi u2), in place
+    np.negative(u1, out=u1)
+    np.log1p(u1, out=u1)
+    u1 *= -2.0
+    np.sqrt(u1, out=u1)
+    u2 *= 2.0 * np.pi
+    np.cos(u2, out=u2)
+    u1 *= u2
+    return u1.astype(np.float32).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,31 +368,44 @@ def fill_restore_dit(
     kxs = tile_origins(offset[1] + h, offset[1] + nx - h, tile, overlap)
     w1 = blend_weights(tile, overlap)
     weight = (w1[:, None] * w1[None, :]).astype(np.float32)  # (tile, tile)
-    acc_m = np.zeros((len(query_times), n_band, ny, nx), dtype=np.float64)
-    acc_s = np.zeros_like(acc_m)
-    acc_w = np.zeros((ny, nx), dtype=np.float64)
-    for ky in kys:
-        r = int(ky) * s - offset[0]
-        for kx in kxs:
-            c = int(kx) * s - offset[1]
-            acc_w[r:r + tile, c:c + tile] += weight
+    # Inputs are prepared over the tiles' bounding box (box), results accumulated over the core only (the
+    # rest is trimmed); both give each pixel exactly what the whole window would.
+    r0, c0 = int(kys[0]) * s - offset[0], int(kxs[0]) * s - offset[1]  # the box's origin in the window
+    box = (slice(r0, int(kys[-1]) * s - offset[0] + tile), slice(c0, int(kxs[-1]) * s - offset[1] + tile))
+    n_opt, cy, cx = len(opt_idx), ny - 2 * h, nx - 2 * h
 
-    # model inputs for the whole window, frame by frame: model units (the model's affine maps, clamped to
+    def in_core(start: int, size: int) -> tuple[slice, slice]:
+        """A tile's rows (or columns) ``start .. start + tile - 1`` of the window that lie in the core:
+        as a slice of the tile and as a slice of the core."""
+        lo, hi = max(start, h), min(start + tile, size - h)
+        return slice(lo - start, hi - start), slice(lo - h, hi - h)
+
+    spans = {(int(ky), int(kx)): (in_core(int(ky) * s - offset[0], ny), in_core(int(kx) * s - offset[1], nx))
+             for ky in kys for kx in kxs}
+    acc_m = np.zeros((len(query_times), n_opt, cy, cx), dtype=np.float64)
+    acc_s = np.zeros_like(acc_m) if n_samples > 1 else None  # the spread of one sample is 0
+    acc_w = np.zeros((cy, cx), dtype=np.float64)
+    for (ty, ry), (tx, rx) in spans.values():
+        acc_w[ry, rx] += weight[ty, tx]
+
+    # model inputs for the box, frame by frame: model units (the model's affine maps, clamped to
     # [-1, 1], as model.to_model_units), 0 where not observed (the mask then says "reconstruct")
     o_off, o_scale = (getattr(model, n).detach().cpu().numpy()[:, None, None]
                       for n in ("optical_offset", "optical_scale"))
-    x_np = np.zeros((len(frame_ns), len(opt_idx), ny, nx), dtype=np.float32)
-    m_np = np.ones((len(frame_ns), 1, ny, nx), dtype=np.float32)
+    by, bx = box[0].stop - box[0].start, box[1].stop - box[1].start
+    x_np = np.zeros((len(frame_ns), n_opt, by, bx), dtype=np.float32)
+    m_np = np.ones((len(frame_ns), 1, by, bx), dtype=np.float32)
     have = np.flatnonzero(src >= 0)
     for f in have:
-        ok = valid[src[f]]
-        units = np.clip((values[src[f]][opt_idx] - o_off) / o_scale, -1, 1)
+        ok = valid[src[f]][box]
+        units = np.clip((values[src[f]][(slice(None), *box)][opt_idx] - o_off) / o_scale, -1, 1)
         x_np[f] = np.where(ok[None], units, 0.0)
         m_np[f, 0] = ~ok
     sar_np = None
     if use_sar:
         s_off, s_scale = (getattr(model, n).detach().cpu().numpy()[:, None, None] for n in ("sar_offset", "sar_scale"))
-        aligned = align_sar(np.asarray(sar, np.float32)[:, np.asarray(sar_bands)], sar_times, frame_ns, sar_window)
+        sar_box = np.asarray(sar, np.float32)[(slice(None), slice(None), *box)][:, np.asarray(sar_bands)]
+        aligned = align_sar(sar_box, sar_times, frame_ns, sar_window)
         sar_np = np.where(np.isfinite(aligned), np.clip((aligned - s_off) / s_scale, -1, 1), 0.0).astype(np.float32)
     x_all, m_all = torch.from_numpy(x_np), torch.from_numpy(m_np)
     sar_all = None if sar_np is None else torch.from_numpy(sar_np)
@@ -403,14 +418,14 @@ def fill_restore_dit(
             xs, ms, ss, ds, noise = [], [], [], [], []
             for w, ky, kx in batch:
                 f = slice(int(starts[w]), int(starts[w]) + width)
-                r, c = ky * s - offset[0], kx * s - offset[1]
+                r, c = ky * s - offset[0] - r0, kx * s - offset[1] - c0  # in the box
                 xs.append(x_all[f, :, r:r + tile, c:c + tile])
                 ms.append(m_all[f, :, r:r + tile, c:c + tile])
                 if sar_all is not None:
                     ss.append(sar_all[f, :, r:r + tile, c:c + tile])
                 ds.append(torch.from_numpy(frame_days[f].astype(np.float32)))
                 noise.append(torch.from_numpy(tile_noise(seed, ky, kx, int(starts[w]),
-                                                         (n_samples, width, len(opt_idx), tile, tile))))
+                                                         (n_samples, width, n_opt, tile, tile))))
             image = torch.stack(xs).to(dev)  # (B, W, C, tile, tile)
             mask = torch.stack(ms).to(dev)  # (B, W, 1, tile, tile)
             sar_b = torch.stack(ss).to(dev) if ss else None
@@ -421,18 +436,24 @@ def fill_restore_dit(
                            sampler=sampler, n_samples=n_samples)
             y = y.float().reshape(n_samples, *image.shape)
             refl = model.from_model_units(y).cpu().numpy()  # (n, B, W, C, tile, tile) reflectance
-            mean = refl.mean(axis=0)
-            std = refl.std(axis=0, ddof=1) if n_samples > 1 else np.zeros_like(mean)
+            mean = refl.mean(axis=0) if n_samples > 1 else refl[0]
+            std = refl.std(axis=0, ddof=1) if n_samples > 1 else None
             for j, (w, ky, kx) in enumerate(batch):
-                r, c = ky * s - offset[0], kx * s - offset[1]
+                (ty, ry), (tx, rx) = spans[(ky, kx)]
+                wt = weight[ty, tx]
                 for qi in np.flatnonzero(pick == w):
                     fi = int(q_frame[qi] - starts[w])
-                    acc_m[qi][opt_idx, r:r + tile, c:c + tile] += weight * mean[j, fi]
-                    acc_s[qi][opt_idx, r:r + tile, c:c + tile] += weight * std[j, fi]
+                    acc_m[qi][:, ry, rx] += wt * mean[j, fi][:, ty, tx]
+                    if acc_s is not None:
+                        acc_s[qi][:, ry, rx] += wt * std[j, fi][:, ty, tx]
 
-    norm = acc_w[core]
-    out_mean[(slice(None), slice(None), *core)] = acc_m[(slice(None), slice(None), *core)] / norm
-    out_std[(slice(None), slice(None), *core)] = acc_s[(slice(None), slice(None), *core)] / norm
+    # the core: weighted means (0 for bands the network does not take, as 0 / weight)
+    cores = (slice(None), slice(None), *core)
+    out_mean[cores] = 0.0
+    out_mean[:, opt_idx, core[0], core[1]] = acc_m / acc_w
+    out_std[cores] = 0.0
+    if acc_s is not None:
+        out_std[:, opt_idx, core[0], core[1]] = acc_s / acc_w
     # clear observations at query times that are optical dates: the observation itself, no spread
     for qi, fi in enumerate(q_frame):
         ti = src[fi]
