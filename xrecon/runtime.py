@@ -59,11 +59,10 @@ def default_threads() -> int:
     At most torch's current setting, and torch's setting itself when ``OMP_NUM_THREADS`` or
     ``MKL_NUM_THREADS`` is set. Why half: torch's own default (every core) is fastest only on an idle
     machine, and loses badly as soon as anything else runs, because its threads wait for each other
-    at every operation. On the project's shared 2-core machine (``benchmarks/train_threads.py``),
-    AnytimeFormer's step took 0.38 s with 2 threads and 0.56 s with 1 when the machine was quiet,
-    but 1.22 s with 2 threads against 0.56 s with 1 while other jobs ran: one thread lost at most
-    a third, two threads lost more than half. Pass ``threads=`` (``xrecon train --threads``) on a
-    machine of your own.
+    at every operation. On the project's 2-core machine (``benchmarks/train_threads.py``, see
+    docs/training.md) two threads trained 1.5x faster than one when nothing else ran, and 3x
+    (AnytimeFormer) to 14x (RESTORE-DiT) slower beside one busy process, which one thread hardly
+    noticed. Pass ``threads=`` (``xrecon train --threads``) on an idle machine of your own.
     """
     if any(os.environ.get(name) for name in THREAD_ENV):
         return torch.get_num_threads()
