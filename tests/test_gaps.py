@@ -188,7 +188,7 @@ def test_bad_arguments_are_refused():
     with pytest.raises(XreconError, match="donors"):
         hide_transplant(valid, np.ones((2, 4), bool))
     with pytest.raises(XreconError, match="gap mode"):
-        GapConfig(mode="clouds")
+        GapConfig(mode="blobs")
     with pytest.raises(XreconError, match="min_keep"):
         GapConfig(min_keep=0)
 

@@ -95,3 +95,50 @@ def test_the_task_passes_its_shapes_to_the_stream(cube):
     assert task.provenance([cube], TrainConfig(), mask="clear")["gaps"] == "clouds"
     for a, b in zip(got, samples(cube, gaps="clouds", gap_fraction=0.25), strict=True):
         np.testing.assert_array_equal(a["cloud"], b["cloud"])
+
+
+# -- the pixel stream (AnytimeFormer): GapConfig(mode="clouds") -----------------------------------------
+
+def test_pixel_stream_clouds_are_hidden_mask_of_the_block(cube, monkeypatch):
+    """mode="clouds": each pixel-year hides what hidden_mask chose for its block (min_keep on top)."""
+    from xrecon.training import GapConfig, PixelStream
+    from xrecon.training import stream as stream_module
+
+    calls = []
+
+    def recording(valid, fraction, **kw):
+        out = hidden_mask(valid, fraction, **kw)
+        calls.append((kw["offset"], out.values, valid.values))
+        return out
+
+    monkeypatch.setattr(stream_module, "hidden_mask", recording)
+    gaps = GapConfig(mode="clouds", fraction=0.25, min_keep=1)
+    found = list(PixelStream(cube, mask="clear", seed=2, block=16, gaps=gaps))
+    assert found and len(calls) == 4  # one per 16 x 16 block
+    by_block = {offset[1:]: (shapes, valid) for offset, shapes, valid in calls}
+    n_hidden = n_valid = restored = 0
+    for s in found:
+        y0, x0 = s["y"] // 16 * 16, s["x"] // 16 * 16
+        shapes, valid = by_block[(y0, x0)]
+        ti = np.flatnonzero(cube.time.dt.year.values == s["year"])
+        assert len(ti) == len(s["valid"])  # a window is the calendar year's dates
+        want = shapes[ti, s["y"] - y0, s["x"] - x0]
+        np.testing.assert_array_equal(s["valid"], valid[ti, s["y"] - y0, s["x"] - x0])
+        hidden = s["valid"] & ~s["kept"]
+        assert not (hidden & ~want).any()  # only what the shapes hide
+        if (hidden != want).any():  # a pixel-year left without observations gets one back
+            assert s["kept"].sum() == 1 and not (s["valid"] & ~want).any()
+            restored += 1
+        n_hidden += hidden.sum()
+        n_valid += s["valid"].sum()
+    assert 0.15 < n_hidden / n_valid < 0.3 and restored < len(found) / 10
+
+
+def test_clouds_mode_needs_its_shapes():
+    from xrecon.training.gaps import GapConfig, simulate_gaps
+
+    with pytest.raises(XreconError, match="shapes="):
+        simulate_gaps(np.ones((2, 5), bool), GapConfig(mode="clouds"), rng=0)
+    kept, hidden = simulate_gaps(np.ones((2, 5), bool), GapConfig(mode="clouds", min_keep=2), rng=0,
+                                 shapes=np.array([[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]], bool))
+    assert hidden[0].tolist() == [True, True, False, False, True] and kept[1].sum() == 2

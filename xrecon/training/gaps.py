@@ -15,7 +15,10 @@ dates at random, and its "continuous gap" experiments:
 * :func:`hide_random` hides a fraction of each pixel's observed dates, chosen at random;
 * :func:`hide_runs` hides runs of consecutive observed dates (a cloudy season);
 * :func:`hide_transplant` hides the dates on which another pixel of the same cube was cloudy: real
-  cloud patterns, taken from a pool of donor validity series, optionally shifted in time.
+  cloud patterns, taken from a pool of donor validity series, optionally shifted in time;
+* ``"clouds"`` hides what ``evaluate(gaps="clouds")`` hides: the clear pixel-dates under other dates'
+  clouds at the same place, chosen over a whole block of the cube by the same function,
+  :func:`xrecon.holdout.hidden_mask` (the stream computes it per block and passes it as ``shapes``).
 
 :func:`simulate_gaps` picks one of them per pixel, following a :class:`GapConfig`. All are numpy
 only, vectorised over the batch, and seeded by a :class:`numpy.random.Generator`, so the same
@@ -34,7 +37,7 @@ from xrecon.errors import XreconError
 __all__ = ["GapConfig", "hide_random", "hide_runs", "hide_transplant", "simulate_gaps", "GAP_MODES"]
 
 #: The names :class:`GapConfig` accepts as modes.
-GAP_MODES = ("random", "runs", "transplant")
+GAP_MODES = ("random", "runs", "transplant", "clouds")
 
 
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -265,12 +268,13 @@ class GapConfig:
     Attributes
     ----------
     mode : str or mapping
-        ``"random"``, ``"runs"`` or ``"transplant"``, or a mapping of those names to weights: each
-        pixel then gets one mode drawn with these probabilities, e.g.
+        ``"random"``, ``"runs"``, ``"transplant"`` or ``"clouds"``, or a mapping of those names to
+        weights: each pixel then gets one mode drawn with these probabilities, e.g.
         ``{"random": 2, "runs": 1, "transplant": 1}``.
     fraction : float
-        Fraction of a pixel's observations hidden by ``random`` and ``runs`` (the paper's 0.25).
-        ``transplant`` hides what the donor's clouds hide.
+        Fraction of a pixel's observations hidden by ``random`` and ``runs`` (the paper's 0.25), and
+        of a block's clear observations by ``clouds`` (evaluate's cloud shapes, see the module
+        docstring). ``transplant`` hides what the donor's clouds hide.
     min_keep : int
         Observations per pixel that always stay visible.
     n_runs : int
@@ -319,6 +323,7 @@ def simulate_gaps(
     rng: np.random.Generator | int | None = None,
     donors: np.ndarray | None = None,
     exclude: np.ndarray | None = None,
+    shapes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hide observations following ``config``, choosing a mode per pixel when it names several.
 
@@ -335,6 +340,9 @@ def simulate_gaps(
         donors, the pixels themselves are the donors.
     exclude : numpy.ndarray, optional
         ``(B,)`` the donor row of each pixel itself, see :func:`hide_transplant`.
+    shapes : numpy.ndarray, optional
+        ``(B, T)`` bool, what ``"clouds"`` hides (:func:`xrecon.holdout.hidden_mask` of the pixels'
+        block); needed when the config has that mode. ``min_keep`` is restored on top.
 
     Returns
     -------
@@ -366,6 +374,11 @@ def simulate_gaps(
             _, h = hide_random(sub, config.fraction, rng=rng, min_keep=config.min_keep)
         elif mode == "runs":
             _, h = hide_runs(sub, config.fraction, rng=rng, n_runs=config.n_runs, min_keep=config.min_keep)
+        elif mode == "clouds":
+            if shapes is None:
+                raise XreconError("gap mode 'clouds' needs the block's cloud shapes (shapes=): use it through "
+                                  "PixelStream, which computes them with xrecon.holdout.hidden_mask")
+            h = _restore_min_keep(sub, sub & np.asarray(shapes, bool)[rows], config.min_keep, rng)
         else:
             pool = valid if donors is None else donors
             own = rows if donors is None else (None if exclude is None else np.asarray(exclude)[rows])

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xrecon.cube import DEFAULT_SAR, Cube, validate
 from xrecon.errors import CubeError, XreconError
+from xrecon.holdout import hidden_mask
 from xrecon.training.gaps import GapConfig, simulate_gaps
 
 __all__ = ["BlockStream", "PixelStream", "collate_pixels", "pixel_loader", "shard_layout"]
@@ -565,6 +566,12 @@ class PixelStream(BlockStream):
         if block.clear is not None:
             valid_all &= block.clear.astype(bool)
         n_sar_band = 0 if block.sar is None else block.sar.shape[1]
+        shapes_all = None
+        if self.gaps is not None and "clouds" in self.gaps.weights():
+            # evaluate's cloud shapes over the whole block (one implementation: xrecon.holdout)
+            da = xr.DataArray(valid_all, dims=("time", "y", "x"))
+            shapes_all = hidden_mask(da, self.gaps.fraction, seed=int(rng.integers(2**31)), gaps="clouds",
+                                     offset=(0, block.ys.start, block.xs.start)).values
         samples: list[dict[str, Any]] = []
         for w in self._windows[block.cube]:
             valid_w = valid_all[w.ti].reshape(len(w.ti), n_pix).T  # (P, Tw)
@@ -576,7 +583,8 @@ class PixelStream(BlockStream):
             opt = block.optical[w.ti].reshape(len(w.ti), n_band, n_pix)[:, :, sel].transpose(2, 0, 1)
             opt = np.where(valid[..., None], opt, 0).astype(np.float32)  # (n, Tw, C), never NaN
             if self.gaps is not None:
-                kept, _ = simulate_gaps(valid, self.gaps, rng=rng, donors=valid_w, exclude=sel)
+                shapes = None if shapes_all is None else shapes_all[w.ti].reshape(len(w.ti), n_pix).T[sel]
+                kept, _ = simulate_gaps(valid, self.gaps, rng=rng, donors=valid_w, exclude=sel, shapes=shapes)
             else:
                 kept = valid
             if block.sar is not None:
