@@ -11,6 +11,8 @@ RMSE and MAE (reflectance, all bands pooled), the spectral angle (SAM, degrees, 
 spectra) and the change in RMSE against the best temporal method (linear, harmonic, whittaker);
 for RESTORE-DiT with ``--samples`` > 1 also the Spearman correlation between ``optical_std`` (mean over
 bands) and the absolute error (mean over bands) of the hidden spectra: does the spread rank the errors?
+And, by gap length (``gap_days``: days to the nearest clear observation kept), the mean spread and mean
+absolute error: does the spread grow where the gap is longer?
 
 Checkpoints are kept in ``--out`` and reused by a later run (``--retrain`` trains again), so the table
 can be reprinted cheaply.
@@ -88,7 +90,7 @@ def score(block: xr.Dataset, hidden_cube: xr.Dataset, hidden: np.ndarray, checkp
           samples: int, seed: int) -> pd.DataFrame:
     """One row per method: the scores on the hidden observations ``hidden`` (time, y, x) of ``block``."""
     truth = block.optical.transpose("time", "y", "x", "band").values[hidden]  # (n, band)
-    rows = []
+    rows, spreads = [], {}
     for method in [*CLASSICAL, *checkpoints]:
         ckpt = checkpoints.get(method)
         kind = "restore-dit" if method.startswith("restore-dit") else method
@@ -96,7 +98,7 @@ def score(block: xr.Dataset, hidden_cube: xr.Dataset, hidden: np.ndarray, checkp
         sar = networks(block)[method]["sar"] if ckpt else None
         cube = hidden_cube if sar or "sar" not in hidden_cube else hidden_cube.drop_vars("sar")
         t0 = time.perf_counter()
-        out = cube.recon.fill(method=kind, checkpoint=ckpt, **options).compute()
+        out = cube.recon.fill(method=kind, checkpoint=ckpt, gap_days=True, **options).compute()
         seconds = time.perf_counter() - t0
         pred = out.optical.transpose("time", "y", "x", "band").values[hidden]
         err = pred - truth
@@ -109,11 +111,16 @@ def score(block: xr.Dataset, hidden_cube: xr.Dataset, hidden: np.ndarray, checkp
         if "optical_std" in out and samples > 1:
             std = out.optical_std.transpose("time", "y", "x", "band").values[hidden][ok].mean(1)
             row["std_vs_abs_err"] = _spearman(std, np.abs(e).mean(1))
+            days = out.gap_days.transpose("time", "y", "x").values[hidden][ok]
+            bins = pd.cut(days, [0, 5, 10, 20, 40, np.inf])
+            spreads[method] = (pd.DataFrame({"std": std, "abs_err": np.abs(e).mean(1), "gap days": bins})
+                               .groupby("gap days", observed=True).agg(n=("std", "size"), std=("std", "mean"),
+                                                                       abs_err=("abs_err", "mean")))
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
     best = table.loc[TEMPORAL, "rmse"].min()
     table["vs best temporal"] = (table["rmse"] / best - 1).map(lambda v: f"{100 * v:+.1f}%")
-    return table
+    return table, spreads
 
 
 def main() -> None:
@@ -149,7 +156,10 @@ def main() -> None:
             print(f"\n{name}, gaps={gaps!r}: {int(hidden.sum())} hidden clear observations "
                   f"({hidden.sum() / max(int(block.optical.notnull().all('band').sum()), 1):.1%} of the observed)")
             with pd.option_context("display.width", 200, "display.precision", 4):
-                print(score(block, hidden_cube, hidden, checkpoints, args.samples, args.seed).to_string(), flush=True)
+                table, spreads = score(block, hidden_cube, hidden, checkpoints, args.samples, args.seed)
+                print(table.to_string(), flush=True)
+                for method, by_gap in spreads.items():
+                    print(f"{method}: mean optical_std and |error| by gap length\n{by_gap.to_string()}", flush=True)
 
 
 if __name__ == "__main__":
