@@ -30,7 +30,7 @@ import xarray as xr
 
 from xrecon.cube import DEFAULT_SAR
 from xrecon.errors import XreconError
-from xrecon.holdout import check_gaps, hidden_mask
+from xrecon.holdout import check_gaps
 from xrecon.training.stream import _DEFAULT_BLOCK, BlockStream, _Block
 
 __all__ = ["PatchStream", "collate_patches", "sar_in_reach"]
@@ -230,17 +230,12 @@ class PatchStream(BlockStream):
         n = self.windows_per_block(by, bx, n_time)
         if n == 0:
             return []
-        valid = np.isfinite(block.optical).all(axis=1)  # (T, by, bx)
-        if block.clear is not None:
-            valid &= block.clear.astype(bool)
+        valid = block.valid()  # (T, by, bx)
         dates = self._dates[block.cube]
         reach = self._sar_reach[block.cube]
         sar_ok = np.array([len(r) > 0 for r in reach], bool)
-        shapes = None
-        if self.gaps != "window":  # evaluate's shapes over the whole block, keyed on its place in the cube
-            da = xr.DataArray(valid, dims=("time", "y", "x"))
-            shapes = hidden_mask(da, self.gap_fraction, seed=int(rng.integers(2**31)), gaps=self.gaps,
-                                 offset=(0, block.ys.start, block.xs.start)).values
+        # evaluate's shapes over the whole block, or None: donor windows (_donor)
+        shapes = None if self.gaps == "window" else block.holdout(valid, self.gap_fraction, self.gaps, rng)
         samples = []
         for _ in range(n):
             t0, y0, x0 = (int(rng.integers(0, m + 1)) for m in (n_time - f, by - s, bx - s))

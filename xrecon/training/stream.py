@@ -74,6 +74,20 @@ class _Block:
     clear: np.ndarray | None  # (T, by, bx), the cube's mask variable; None without one
     sar: np.ndarray | None  # (Ts, S, by, bx); None without SAR
 
+    def valid(self) -> np.ndarray:
+        """(T, by, bx) bool: the clear observations (finite in every band, and clear in the mask)."""
+        valid = np.isfinite(self.optical).all(axis=1)
+        if self.clear is not None:
+            valid &= self.clear.astype(bool)
+        return valid
+
+    def holdout(self, valid: np.ndarray, fraction: float, gaps: str | int, rng: np.random.Generator) -> np.ndarray:
+        """(T, by, bx) bool: evaluate's hold-out shapes over the block (:func:`xrecon.holdout.hidden_mask`),
+        keyed on its place in the cube and a seed drawn from ``rng``."""
+        da = xr.DataArray(valid, dims=("time", "y", "x"))
+        return hidden_mask(da, fraction, seed=int(rng.integers(2**31)), gaps=gaps,
+                           offset=(0, self.ys.start, self.xs.start)).values
+
 
 def _days(times: np.ndarray) -> np.ndarray:
     return np.asarray(times, dtype="datetime64[ns]").astype("datetime64[D]")
@@ -562,16 +576,11 @@ class PixelStream(BlockStream):
         """Every eligible (pixel, window) sample of a block, window by window, pixels row-major."""
         n_time, n_band, by, bx = block.optical.shape
         n_pix = by * bx
-        valid_all = np.isfinite(block.optical).all(axis=1)  # (T, by, bx)
-        if block.clear is not None:
-            valid_all &= block.clear.astype(bool)
+        valid_all = block.valid()  # (T, by, bx)
         n_sar_band = 0 if block.sar is None else block.sar.shape[1]
         shapes_all = None
-        if self.gaps is not None and "clouds" in self.gaps.weights():
-            # evaluate's cloud shapes over the whole block (one implementation: xrecon.holdout)
-            da = xr.DataArray(valid_all, dims=("time", "y", "x"))
-            shapes_all = hidden_mask(da, self.gaps.fraction, seed=int(rng.integers(2**31)), gaps="clouds",
-                                     offset=(0, block.ys.start, block.xs.start)).values
+        if self.gaps is not None and "clouds" in self.gaps.weights():  # evaluate's cloud shapes
+            shapes_all = block.holdout(valid_all, self.gaps.fraction, "clouds", rng)
         samples: list[dict[str, Any]] = []
         for w in self._windows[block.cube]:
             valid_w = valid_all[w.ti].reshape(len(w.ti), n_pix).T  # (P, Tw)
