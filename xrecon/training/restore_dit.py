@@ -144,7 +144,7 @@ class RestoreDiTTask(TrainingTask):
     def options(self) -> frozenset[str]:
         from xrecon.models.restore_dit import RestoreDiTConfig
 
-        return frozenset(f.name for f in dataclasses.fields(RestoreDiTConfig)) - {"n_optical_bands", "n_sar_bands"}
+        return self.architecture_fields(RestoreDiTConfig)
 
     def presets(self) -> dict[str, str]:
         from xrecon.models.restore_dit import PRESETS

@@ -136,6 +136,12 @@ class TrainingTask:
         raise NotImplementedError
 
     @staticmethod
+    def architecture_fields(config_type: type) -> frozenset[str]:
+        """The fields of a network's config dataclass a user may set: all but the numbers of bands,
+        which come from the cube (for :meth:`options`)."""
+        return frozenset(f.name for f in dataclasses.fields(config_type)) - {"n_optical_bands", "n_sar_bands"}
+
+    @staticmethod
     def resolve_preset(preset: Any, presets: Mapping[str, Any], config_type: type, network: str) -> Any:
         """``preset`` as a config: a name of ``presets`` or a ``config_type`` instance, else MethodError.
 
@@ -302,7 +308,7 @@ class AnytimeFormerTask(TrainingTask):
     def options(self) -> frozenset[str]:
         from xrecon.models.anytimeformer import AnytimeFormerConfig
 
-        return frozenset(f.name for f in dataclasses.fields(AnytimeFormerConfig)) - {"n_optical_bands", "n_sar_bands"}
+        return self.architecture_fields(AnytimeFormerConfig)
 
     def presets(self) -> dict[str, str]:
         from xrecon.models.anytimeformer import PRESETS
