@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PositionalRandom", "hash_uniform"]
+__all__ = ["PositionalRandom", "hash_bits", "hash_uniform"]
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -46,6 +46,27 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def hash_bits(seed: int, *indices: np.ndarray) -> np.ndarray:
+    """64 random bits (uint64), one per broadcast position of the integer ``indices``, keyed on ``seed``.
+
+    The integers behind :func:`hash_uniform`: a counter-based hash (splitmix64 over the seed and each index
+    in turn), the same for the same (seed, indices) whatever else is computed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bits = hash_bits(0, np.arange(3))
+    >>> bits.dtype, bool(bits[1] == hash_bits(0, np.array([1]))[0])
+    (dtype('uint64'), True)
+    """
+    shape = np.broadcast_shapes(*(np.shape(i) for i in indices))
+    with np.errstate(over="ignore"):
+        z = _splitmix(np.asarray(int(seed), dtype=np.int64).view(np.uint64))  # the seed's round: once
+        for idx in indices:
+            z = _splitmix(z ^ np.asarray(idx, dtype=np.int64).view(np.uint64))  # a new array: in place
+    return np.broadcast_to(z, shape)
+
+
 def hash_uniform(seed: int, *indices: np.ndarray) -> np.ndarray:
     """Uniform numbers in [0, 1), one per broadcast position of the integer ``indices``, keyed on ``seed``.
 
@@ -59,12 +80,7 @@ def hash_uniform(seed: int, *indices: np.ndarray) -> np.ndarray:
     >>> u.shape, bool(((0 <= u) & (u < 1)).all()), bool(u[1, 2] == hash_uniform(0, np.array(1), np.array(2)))
     ((3, 4), True, True)
     """
-    shape = np.broadcast_shapes(*(np.shape(i) for i in indices))
-    with np.errstate(over="ignore"):
-        z = _splitmix(np.asarray(int(seed), dtype=np.int64).view(np.uint64))  # the seed's round: once
-        for idx in indices:
-            z = _splitmix(z ^ np.asarray(idx, dtype=np.int64).view(np.uint64))  # a new array: in place
-        z = np.broadcast_to(z, shape) >> np.uint64(11)
+    z = hash_bits(seed, *indices) >> np.uint64(11)
     u = z.astype(np.float64)
     u *= 2.0**-53
     return u

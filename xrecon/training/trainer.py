@@ -733,6 +733,30 @@ def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainCon
     return _Data(selected, bands, sar_bands if use_sar else None, stream_kw, block, grid, train_blocks, val_blocks)
 
 
+def _observations(cubes: Sequence[xr.Dataset], data: _Data, optical: Hashable, init_model: XreconModel | None,
+                  state: Mapping[str, Any] | None, net: XreconModel) -> dict[str, Any]:
+    """The sketch of every clear observation the run reads (training and validation blocks: validation chooses
+    the best checkpoint), merged with what ``init``'s weights were trained on; a resumed run keeps its own.
+
+    One pass over the cubes' validity (:func:`xrecon.leakage.sketch`), recorded in both checkpoints as
+    ``metadata["observations"]`` so that ``evaluate`` can tell when it would score the network on them.
+    """
+    from xrecon import leakage
+
+    if state is not None and net.metadata.get("observations") is not None:
+        return net.metadata["observations"]
+    mask = data.stream_kw["mask"]
+    seen = None
+    for original, ds in zip(cubes, data.cubes, strict=True):
+        valid = ds[optical].notnull().all("band")
+        if mask is not None and mask is not False:
+            valid = valid & ds[mask].astype(bool)
+        part = leakage.sketch(valid, crs=leakage.crs_key(original, optical))
+        seen = part if seen is None else seen.merge(part)
+    prior = leakage.sketch_of(init_model.metadata) if init_model is not None else None
+    return (seen if prior is None else seen.merge(prior)).to_plain()
+
+
 def _model_to_train(task: TrainingTask, model_obj: XreconModel | None, model: str | Any,
                     architecture: Mapping[str, Any], data: _Data, state: Mapping[str, Any] | None, init: Any,
                     ) -> tuple[XreconModel, Any]:
@@ -755,6 +779,7 @@ class _Run:
     """
 
     threads: int | None = None  # train(threads=...) on the CPU, for the provenance
+    observations: dict[str, Any] | None = None  # the sketch of what the run reads (xrecon.leakage)
 
     def __init__(self, task: TrainingTask, cfg: TrainConfig, net: Any, data: _Data, state: Mapping[str, Any] | None,
                  init_source: Any, paths: tuple[Path, Path, Path], dev: torch.device, amp: torch.dtype,
@@ -800,6 +825,10 @@ class _Run:
             torch.cuda.set_rng_state(state["cuda_rng"], self.dev)
         self.p = _Progress.from_state(state)
 
+    def _seen(self) -> dict[str, Any]:
+        """``metadata["observations"]``: what the network trained on, for ``evaluate``'s leak check."""
+        return {} if self.observations is None else {"observations": self.observations}
+
     def provenance(self) -> dict[str, Any]:
         """``metadata["training"]`` of both checkpoints: the trainer's record and the task's (its ``provenance``)."""
         return {**self._provenance(), **self.task_provenance}
@@ -824,7 +853,7 @@ class _Run:
 
     def save_best(self) -> None:
         t0 = _now()
-        _save(self.scored(), self.best_path, {"training": self.provenance()})
+        _save(self.scored(), self.best_path, {"training": self.provenance(), **self._seen()})
         self.save_seconds += _now() - t0
 
     def save_last(self) -> None:
@@ -841,7 +870,7 @@ class _Run:
         if self.ema is not None:
             resume_state["ema"] = self.ema.state_dict()
         t0 = _now()
-        _save(self.net, self.last_path, {"training": self.provenance(), "resume": resume_state})
+        _save(self.net, self.last_path, {"training": self.provenance(), "resume": resume_state, **self._seen()})
         self.save_seconds += _now() - t0
 
     def clock(self) -> None:
@@ -1155,6 +1184,8 @@ def train(
         model_obj, init_source = _model_to_train(task, model_obj, preset, architecture, data, state, init)
         run = _Run(task, cfg, model_obj.to(dev).train(), data, state, init_source, paths, dev, amp, t_start, plan)
         run.threads = int(threads) if threads is not None and dev.type == "cpu" else None
+        run.observations = _observations(cubes, data, optical, model_obj if state is None else None, state,
+                                         run.net)
         planning = plan is not None and plan.planned is None
         bar = _bar(progress, run.p.step, None if planning else cfg.steps)
         bar.write(f"train {task.name}: preset {_describe_preset(preset, init, state)}, device {dev}"
