@@ -103,7 +103,7 @@ def fill(
     query = parse_query_times(query_times, cube.times, max_query_times=max_query_times)
     plan = spec_method.prepare(BuildRequest(
         cube=cube, query_times=query, options=options, edges=edges, checkpoint=ckpt_path,
-        checkpoint_sha256=ckpt_hash, batch_size=batch_size, device=device,
+        checkpoint_sha256=ckpt_hash, batch_size=batch_size, device=device, keep_observed=bool(keep_observed),
     ))
     use_sar = plan.use_sar and cube.sar is not None
     spec = FillSpec(
@@ -160,14 +160,14 @@ def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ..
     """One dask task: a pixel block, or a patch block with its offset in the grid found from its position."""
     if spec.method.footprint == "pixel":
         return fill_pixels(*blocks, spec=spec)
-    h = spec.method.halo
+    h = spec.halo
     offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
     return fill_patch(*blocks, spec=spec, offset=offset)
 
 
 def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
     """Map the method over the spatial chunks (with a halo for patch methods); split the packed result."""
-    h = spec.method.halo
+    h = spec.halo
     arrays = [cube.optical.transpose("time", "band", "y", "x")]
     fills: list[Any] = [np.nan]  # beyond the cube's edge: not observed
     if cube.clear is not None:
@@ -177,7 +177,7 @@ def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
         arrays.append(cube.sar.transpose("sar_time", "sar_band", "y", "x"))
         fills.append(np.nan)
     n_query, n_band = len(spec.query_times), len(cube.bands)
-    n_packed = n_band * len(spec.method.outputs) + 1 + int(spec.gap_days)
+    n_packed = n_band * len(spec.method_outputs) + 1 + int(spec.gap_days)
     chunks_yx = _spatial_chunks(cube)
     if chunks_yx is None:  # in memory: one block
         blocks = [np.asarray(a.values) for a in arrays]
@@ -207,10 +207,10 @@ def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
     coords = {"y": cube.optical["y"].variable, "x": cube.optical["x"].variable, "band": cube.optical["band"].variable}
     spatial = {"y": coords["y"], "x": coords["x"]}
     variables = {}
-    for k, name in enumerate(spec.method.outputs):
+    for k, name in enumerate(spec.method_outputs):
         variables[name] = xr.DataArray(packed[:, k * n_band:(k + 1) * n_band], dims=("time", "band", "y", "x"),
                                        coords=coords)
-    k = n_band * len(spec.method.outputs)
+    k = n_band * len(spec.method_outputs)
     variables["observed"] = xr.DataArray(packed[:, k] > 0.5, dims=("time", "y", "x"), coords=spatial)
     if spec.gap_days:
         variables["gap_days"] = xr.DataArray(packed[:, k + 1], dims=("time", "y", "x"), coords=spatial)

@@ -68,9 +68,19 @@ class FillSpec:
         return None if self.sar_times is None else to_days(np.asarray(self.sar_times, dtype="datetime64[ns]"))
 
     @property
+    def halo(self) -> int:
+        """Pixels of the neighbouring chunks each block gets: the plan's, else the registered one."""
+        return self.method.halo if self.plan.halo is None else self.plan.halo
+
+    @property
+    def method_outputs(self) -> tuple[str, ...]:
+        """Names of the method's (time, band, y, x) outputs: the plan's, else the registered ones."""
+        return self.method.outputs if self.plan.outputs is None else self.plan.outputs
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         """Names of the arrays a block returns, in order."""
-        return (*self.method.outputs, "observed") + (("gap_days",) if self.gap_days else ())
+        return (*self.method_outputs, "observed") + (("gap_days",) if self.gap_days else ())
 
 
 def check_reflectance_values(values: np.ndarray, name: Any = "optical", where: str = "") -> None:
@@ -107,7 +117,7 @@ def _kernel_call(spec: FillSpec, values: np.ndarray, valid: np.ndarray, sar: np.
                                            **extra, **kwargs)
     if not isinstance(result, Mapping):
         result = {"optical": result}
-    names = spec.method.outputs
+    names = spec.method_outputs
     if set(result) != set(names):
         raise XreconError(f"method {spec.method.name!r} returned {sorted(result)}; it declares outputs {list(names)}")
     return {name: np.asarray(result[name], dtype=np.float32) for name in names}
@@ -263,7 +273,7 @@ def fill_pixels(optical: np.ndarray, *rest: np.ndarray, spec: FillSpec) -> np.nd
         return _fill_native(native, optical.reshape(n_time, n_band, n_pix), mask, spec).reshape(n_query, -1, ny, nx)
     flat = optical.reshape(n_time * n_band, n_pix)
     sar_flat = None if sar is None else sar.reshape(-1, n_pix)
-    n_out = len(spec.method.outputs)
+    n_out = len(spec.method_outputs)
     packed = np.empty((n_query, n_band * n_out + 1 + int(spec.gap_days), n_pix), dtype=np.float32)
     q_idx, t_idx = _pass_through_index(spec) if spec.keep_observed else (np.empty(0, int), np.empty(0, int))
     q_run, t_run = _as_slice(q_idx), _as_slice(t_idx)
@@ -287,7 +297,7 @@ def fill_pixels(optical: np.ndarray, *rest: np.ndarray, spec: FillSpec) -> np.nd
             else:  # write only the hits
                 n_hit, k_hit = np.nonzero(hit)
                 filled[n_hit, q_idx[k_hit]] = values[n_hit, t_idx[k_hit]]
-        for k, name in enumerate(spec.method.outputs):
+        for k, name in enumerate(spec.method_outputs):
             _transpose_into(packed[:, k * n_band:(k + 1) * n_band, rows], outputs[name])
         _transpose_into(packed[:, n_band * n_out, rows], observed)
         if spec.gap_days:
@@ -337,7 +347,7 @@ def fill_patch(
     Parameters
     ----------
     optical : ndarray (T, C, Y + 2h, X + 2h)
-        The block with ``h = spec.method.halo`` pixels of its neighbours on every side (NaN beyond
+        The block with ``h = spec.halo`` pixels of its neighbours on every side (NaN beyond
         the cube's edge).
     *rest : ndarray
         The clear mask (T, Y + 2h, X + 2h) if ``spec.has_mask`` (False beyond the edge), then SAR
@@ -353,7 +363,7 @@ def fill_patch(
         method output, then ``observed`` (0 or 1), then ``gap_days`` if asked for. (One array, so
         that a dask task returns one chunk; ``fill`` splits it lazily.)
     """
-    h = spec.method.halo
+    h = spec.halo
     values = np.asarray(optical, dtype=np.float32)
     check_reflectance_values(values, where=" (a block being computed)")
     valid = _all_bands_finite(values, axis=1)
@@ -364,19 +374,23 @@ def fill_patch(
     outputs = _kernel_call(spec, values, valid, sar, offset=tuple(int(o) for o in offset))
     n_query, n_band = len(spec.query_times), values.shape[1]
     core = (slice(None), slice(None), slice(h, values.shape[2] - h), slice(h, values.shape[3] - h))
+    window = (n_query, n_band, *values.shape[2:])
+    core_shape = (n_query, n_band, values.shape[2] - 2 * h, values.shape[3] - 2 * h)
     for name, array in outputs.items():
-        if array.shape != (n_query, n_band, *values.shape[2:]):
+        if array.shape == window:  # the whole window: trimmed here
+            outputs[name] = array[core]
+        elif array.shape != core_shape:  # (or the core alone, for kernels that compute only that)
             raise XreconError(f"method {spec.method.name!r} returned {name} of shape {array.shape}; expected "
-                              f"(Tq, C, Y, X) = {(n_query, n_band, *values.shape[2:])} for its window")
+                              f"(Tq, C, Y, X) = {window} for its window, or {core_shape} for its core")
     values, valid = values[core], valid[core[:1] + core[2:]]
-    filled = outputs["optical"][core].copy()
+    filled = outputs["optical"].copy()
     observed = np.zeros((n_query, *valid.shape[1:]), dtype=bool)
     if spec.keep_observed:
         q_idx, t_idx = _pass_through_index(spec)
         for q, t in zip(q_idx, t_idx, strict=True):
             observed[q] = valid[t]
             np.copyto(filled[q], values[t], where=valid[t][None])
-    parts = [filled] + [outputs[name][core] for name in spec.method.outputs[1:]]
+    parts = [filled] + [outputs[name] for name in spec.method_outputs[1:]]
     parts.append(observed[:, None].astype(np.float32))
     if spec.gap_days:
         parts.append(gap_days(valid, spec.days, spec.query_days)[:, None])

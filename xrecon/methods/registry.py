@@ -120,6 +120,9 @@ class BuildRequest:
         Absolute path of the checkpoint and its sha256, for methods that need one.
     batch_size : int or None
     device : str or None
+    keep_observed : bool
+        Whether ``fill`` passes clear observations through (``optical`` only; a method with more outputs
+        that should pass through too, such as interval bounds, reads it).
     """
 
     cube: Cube
@@ -130,21 +133,35 @@ class BuildRequest:
     checkpoint_sha256: str | None = None
     batch_size: int | None = None
     device: str | None = None
+    keep_observed: bool = True
 
 
 @dataclass(frozen=True)
 class Plan:
     """What a method's build step returns: the kernel's keyword arguments, frozen, and whether SAR is used.
 
-    ``kwargs`` holds small hashable values only (numbers, strings, tuples): it travels in the dask graph.
+    ``kwargs`` holds small hashable values only (numbers, strings, tuples, other plans): it travels in the
+    dask graph. A method whose reach or outputs depend on its options (an ensemble: the largest of its
+    members' halos; intervals only when asked for) says so here: ``halo`` and ``outputs``, when not None,
+    replace the registered ones for this graph (``outputs`` must start with ``"optical"``).
     """
 
     kwargs: tuple[tuple[str, Hashable], ...] = ()
     use_sar: bool = False
+    halo: int | None = None
+    outputs: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, kwargs: Mapping[str, Any], *, use_sar: bool = False) -> Plan:
-        return cls(tuple(sorted((k, freeze(v)) for k, v in kwargs.items())), use_sar)
+    def of(cls, kwargs: Mapping[str, Any], *, use_sar: bool = False, halo: int | None = None,
+           outputs: Sequence[str] | None = None) -> Plan:
+        if halo is not None and (isinstance(halo, bool) or not isinstance(halo, int | np.integer) or halo < 0):
+            raise MethodError(f"a plan's halo must be an integer >= 0 or None, got {halo!r}")
+        if outputs is not None:
+            outputs = tuple(outputs)
+            if not outputs or outputs[0] != "optical" or len(set(outputs)) != len(outputs):
+                raise MethodError(f"a plan's outputs must start with 'optical' and be unique, got {outputs}")
+        return cls(tuple(sorted((k, freeze(v)) for k, v in kwargs.items())), use_sar,
+                   None if halo is None else int(halo), outputs)
 
     @property
     def kwargs_dict(self) -> dict[str, Any]:
@@ -244,9 +261,10 @@ class Method:
             raise MethodError(
                 f"method {self.name!r} takes no checkpoint; checkpoints are for {checkpoint_methods()}"
             )
-        if self.build is None:
-            return self.default_build(request)
-        return _resolve(self.build)(self, request)
+        plan = self.default_build(request) if self.build is None else _resolve(self.build)(self, request)
+        if self.footprint == "pixel" and plan.halo:
+            raise MethodError(f"method {self.name!r}: a pixel method has no halo (its plan asks for {plan.halo})")
+        return plan
 
     def accepted_options(self) -> tuple[str, ...] | None:
         """Option names the method takes, or None when it takes any (a kernel with ``**kwargs``)."""
@@ -369,7 +387,7 @@ def list_methods() -> list[str]:
     --------
     >>> import xrecon.methods
     >>> xrecon.methods.list_methods()
-    ['anytimeformer', 'harmonic', 'linear', 'neighbors', 'restore-dit', 'whittaker']
+    ['anytimeformer', 'ensemble', 'harmonic', 'linear', 'neighbors', 'restore-dit', 'whittaker']
     """
     return sorted(_REGISTRY)
 
