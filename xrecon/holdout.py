@@ -41,6 +41,7 @@ def hide_observations(
     optical: str = "optical",
     mask: str | None = None,
     gaps: str | int = "pixels",
+    precompute: bool = False,
 ) -> tuple[xr.Dataset, xr.DataArray]:
     """Hide a random share of the clear observations, for hold-out evaluation.
 
@@ -66,6 +67,11 @@ def hide_observations(
         ``fraction``; ``"clouds"`` hides the clear pixels under another date's clouds, date after date,
         until ``fraction`` of all clear observations is hidden (to within one date's transplant; fewer
         if :data:`CLOUD_ROUNDS` rounds of donor clouds cannot cover that much).
+    precompute : bool
+        For ``"clouds"``: compute now, in one pass over the clear mask, the small table of which donor clouds
+        are applied, so that any block of the result is then cheap to compute on its own (what training on
+        the held cube needs: otherwise every block read would recount the whole cube). Other shapes are
+        always per block.
 
     Returns
     -------
@@ -94,7 +100,7 @@ def hide_observations(
     valid = obs.notnull().all("band")
     if mask is not None:
         valid = valid & ds[mask].astype(bool)
-    hidden = hidden_mask(valid, fraction, seed=seed, gaps=gaps)
+    hidden = hidden_mask(valid, fraction, seed=seed, gaps=gaps, precompute=precompute)
     hidden = hidden.rename("hidden")
     out = ds.copy()
     out[optical] = obs.where(~hidden)
@@ -104,7 +110,7 @@ def hide_observations(
 
 
 def hidden_mask(valid: xr.DataArray, fraction: float, *, seed: int = 0, gaps: str | int = "pixels",
-                offset: tuple[int, int, int] = (0, 0, 0)) -> xr.DataArray:
+                offset: tuple[int, int, int] = (0, 0, 0), precompute: bool = False) -> xr.DataArray:
     """Which clear observations to hide: the bool ``(time, y, x)`` mask of :func:`hide_observations`.
 
     The one implementation of the hold-out shapes, used by ``evaluate`` (on a whole cube, lazily) and
@@ -115,7 +121,7 @@ def hidden_mask(valid: xr.DataArray, fraction: float, *, seed: int = 0, gaps: st
     ----------
     valid : xr.DataArray (time, y, x) of bool
         The clear observations (lazy or not).
-    fraction, seed, gaps
+    fraction, seed, gaps, precompute
         As for :func:`hide_observations`.
     offset : (int, int, int)
         Index of ``valid``'s first (time, y, x) in the cube it comes from: the pixel and block choices
@@ -132,7 +138,7 @@ def hidden_mask(valid: xr.DataArray, fraction: float, *, seed: int = 0, gaps: st
     """
     gaps = check_gaps(gaps)
     if gaps == "clouds":
-        return _cloud_hidden(valid, fraction, int(seed))
+        return _cloud_hidden(valid, fraction, int(seed), precompute=precompute)
     idx = {d: xr.DataArray(np.arange(valid.sizes[d], dtype=np.int64) + o, dims=d)
            for d, o in zip(("time", "y", "x"), offset, strict=True)}
     if valid.chunks is not None:
@@ -201,7 +207,7 @@ def _greedy_include(overlap: np.ndarray, n_clear: np.ndarray, *, fraction: float
     return out
 
 
-def _cloud_hidden(valid: xr.DataArray, fraction: float, seed: int) -> xr.DataArray:
+def _cloud_hidden(valid: xr.DataArray, fraction: float, seed: int, precompute: bool = False) -> xr.DataArray:
     """Lazy ``gaps="clouds"``: clear pixels under donor dates' clouds, until ``fraction`` is hidden."""
     n_time = valid.sizes["time"]
     if valid.chunks is not None:
@@ -230,6 +236,8 @@ def _cloud_hidden(valid: xr.DataArray, fraction: float, seed: int) -> xr.DataArr
         output_core_dims=[["round", "time"]], dask="parallelized", output_dtypes=[bool],
         kwargs={"fraction": float(fraction), "order": order},
     )
+    if precompute:
+        include = include.compute()  # (round, time) bool: the only part that needs the whole cube
     hidden = valid & False
     for r, layer in enumerate(layers):
         hidden = hidden | (layer & include.isel(round=r))
