@@ -55,13 +55,14 @@ def dense_whittaker(y, w, g, lam, d, h):
 
 def test_registry():
     # one list of every method fill knows: the classical kernels and the networks
-    assert list_methods() == ["anytimeformer", "harmonic", "linear", "neighbors", "restore-dit", "whittaker"]
+    assert list_methods() == ["anytimeformer", "ensemble", "harmonic", "linear", "neighbors", "restore-dit",
+                              "whittaker"]
     assert classical_methods() == ["harmonic", "linear", "whittaker"]
     assert get("anytimeformer").needs_checkpoint and not get("linear").needs_checkpoint
     assert get_method("linear") is fill_linear
     assert get_method("whittaker") is fill_whittaker
     with pytest.raises(MethodError,
-                       match=r"'spline'.*anytimeformer, harmonic, linear, neighbors, restore-dit, whittaker"):
+                       match=r"'spline'.*anytimeformer, ensemble, harmonic, linear, neighbors, restore-dit, whittaker"):
         get_method("spline")
 
 

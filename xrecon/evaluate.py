@@ -6,8 +6,11 @@ cube stays within memory; all methods are scored in one pass over the data.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Hashable, Sequence
+import tempfile
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -15,8 +18,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xrecon import leakage, protocol
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
-from xrecon.errors import XreconError
+from xrecon.ensemble.features import gap_sizes
+from xrecon.errors import CheckpointError, XreconError
 from xrecon.fill import fill
 from xrecon.holdout import hide_observations
 from xrecon.methods import registry
@@ -29,54 +34,6 @@ DEFAULT_GAP_BINS = (0, 15, 30, 60, 120, np.inf)
 #: Gap-size classes in pixels (distance from a hidden observation to the nearest clear pixel of its date):
 #: 1 and 1.41 (a pixel next to a clear one) fall in the first class.
 DEFAULT_SIZE_BINS = (0, 1.5, 3, 6, 12, np.inf)
-
-
-def _size_block(kept: np.ndarray, hidden: np.ndarray, *, reach: int) -> np.ndarray:
-    """(T, Y, X) kept validity and hidden mask of a window -> Euclidean distance in pixels from each hidden
-    pixel to the nearest kept one of its date; inf beyond ``reach`` (the window's halo), NaN where not hidden."""
-    from scipy import ndimage
-
-    out = np.full(kept.shape, np.nan)
-    for k in range(kept.shape[0]):  # one distance transform per date (a loop over dates, not pixels)
-        if not hidden[k].any():
-            continue
-        if kept[k].any():
-            dist = ndimage.distance_transform_edt(~kept[k])
-        else:
-            dist = np.full(kept[k].shape, np.inf)
-        dist[dist > reach] = np.inf  # beyond the halo the nearest clear pixel may lie in another chunk
-        out[k] = np.where(hidden[k], dist, np.nan)
-    return out
-
-
-def gap_sizes(kept_valid: xr.DataArray, hidden: xr.DataArray, *, reach: int = 12) -> xr.DataArray:
-    """Distance in pixels from each hidden observation to the nearest kept clear pixel of the same date.
-
-    Exact up to ``reach`` pixels and ``inf`` beyond (or when the date has no kept clear pixel), NaN where
-    nothing is hidden; the same for every chunking (each chunk sees ``reach`` pixels of its neighbours).
-    Lazy for dask input.
-    """
-    kept_valid = kept_valid.transpose("time", "y", "x")
-    hidden = hidden.transpose("time", "y", "x")
-    reach = max(int(reach), 1)
-    if kept_valid.chunks is None:
-        pad = [(0, 0), (reach, reach), (reach, reach)]
-        k, h = np.pad(kept_valid.values, pad), np.pad(hidden.values, pad)
-        data = _size_block(k, h, reach=reach)[:, reach:-reach, reach:-reach]
-    else:
-        import dask.array as dsa
-
-        from xrecon.fill import _at_least
-
-        work = {d: _at_least(kept_valid.chunksizes[d], reach) for d in ("y", "x")}
-        arrays = [a.chunk({"time": -1, **work}).data for a in (kept_valid, hidden)]
-        depth = {1: reach, 2: reach}
-        data = dsa.map_overlap(
-            _size_block, *arrays, depth=depth, boundary=False, trim=True, reach=reach, dtype=np.float64,
-            meta=np.empty((0, 0, 0), np.float64),
-        )
-        data = data.rechunk({1: kept_valid.chunksizes["y"], 2: kept_valid.chunksizes["x"]})
-    return xr.DataArray(data, dims=("time", "y", "x"), coords=hidden.coords, name="gap_size")
 
 
 def _gap_block(valid: np.ndarray, hidden: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -106,8 +63,10 @@ def gap_lengths(kept_valid: xr.DataArray, hidden: xr.DataArray) -> xr.DataArray:
     ).transpose(*hidden.dims)
 
 
-def _sums(pred: xr.DataArray, truth: xr.DataArray, where: xr.DataArray) -> dict[str, xr.DataArray]:
-    """Lazy per-band sums from which MAE, RMSE, R2 and SAM follow."""
+def _sums(pred: xr.DataArray, truth: xr.DataArray, where: xr.DataArray,
+          bounds: Sequence[tuple[xr.DataArray, xr.DataArray]] = ()) -> dict[str, xr.DataArray]:
+    """Lazy per-band sums from which MAE, RMSE, R2 and SAM follow (and, for each (lower, upper) pair of
+    ``bounds``, the coverage and width of the intervals)."""
     where = where & pred.notnull().all("band")
     # float64: spectral angles of a few tenths of a degree are below float32's resolution of arccos near 1
     pred, truth = pred.astype(np.float64), truth.astype(np.float64)
@@ -119,7 +78,13 @@ def _sums(pred: xr.DataArray, truth: xr.DataArray, where: xr.DataArray) -> dict[
     norm = norm.where(norm > 0)  # a zero spectrum has no angle
     # DataArray.clip, not np.clip: numpy's clip converts a DataArray to numpy, computing it early
     angle = np.degrees(np.arccos((dot / norm).clip(-1.0, 1.0))).where(where)
+    intervals = {}
+    for i, (lower, upper) in enumerate(bounds):
+        inside = (lower <= truth) & (truth <= upper)
+        intervals[f"cov{i}"] = inside.where(where).sum(dims)
+        intervals[f"wid{i}"] = (upper.astype(np.float64) - lower).where(where).sum(dims)
     return {
+        **intervals,
         "n": where.sum(dims),
         "abs": np.abs(d).sum(dims),
         "sq": (d**2).sum(dims),
@@ -129,7 +94,28 @@ def _sums(pred: xr.DataArray, truth: xr.DataArray, where: xr.DataArray) -> dict[
     }
 
 
-def _rows(method: str, sums: dict[str, Any], bands: Sequence[str], extra: dict[str, Any]) -> list[dict]:
+def _level_tag(level: float) -> str:
+    """0.9 -> "90", 0.975 -> "97_5": the suffix of the coverage and width columns (as of the bounds' names)."""
+    return f"{round(100 * level, 3):g}".replace(".", "_")
+
+
+def _interval_columns(sums: dict[str, Any], levels: Sequence[float], n: float, b: int | None) -> dict[str, float]:
+    """coverage_<tag> and width_<tag> of one band (``b``) or of all pooled (None); NaN without intervals."""
+    out = {}
+    for i, level in enumerate(levels):
+        tag = _level_tag(level)
+        if f"cov{i}" not in sums or not n:
+            out[f"coverage_{tag}"] = out[f"width_{tag}"] = np.nan
+            continue
+        cov, wid = sums[f"cov{i}"], sums[f"wid{i}"]
+        k = len(cov) if b is None else 1
+        out[f"coverage_{tag}"] = float(np.sum(cov) if b is None else cov[b]) / (n * k)
+        out[f"width_{tag}"] = float(np.sum(wid) if b is None else wid[b]) / (n * k)
+    return out
+
+
+def _rows(method: str, sums: dict[str, Any], bands: Sequence[str], extra: dict[str, Any],
+          levels: Sequence[float] = ()) -> list[dict]:
     n = float(sums["n"])
     rows = []
     for b, band in enumerate(bands):
@@ -138,7 +124,7 @@ def _rows(method: str, sums: dict[str, Any], bands: Sequence[str], extra: dict[s
         sst = sums["t2"][b] - sums["t"][b] ** 2 / n if n else np.nan
         rows.append({
             "method": method, "band": band, **extra, "n": int(n), "mae": mae, "rmse": np.sqrt(mse),
-            "r2": 1 - sums["sq"][b] / sst if n and sst > 0 else np.nan,
+            "r2": 1 - sums["sq"][b] / sst if n and sst > 0 else np.nan, **_interval_columns(sums, levels, n, b),
         })
     if len(bands) >= 3:
         pooled_sst = sum(sums["t2"][b] - sums["t"][b] ** 2 / n for b in range(len(bands))) if n else np.nan
@@ -147,7 +133,7 @@ def _rows(method: str, sums: dict[str, Any], bands: Sequence[str], extra: dict[s
             "mae": float(np.sum(sums["abs"])) / (n * len(bands)) if n else np.nan,
             "rmse": np.sqrt(float(np.sum(sums["sq"])) / (n * len(bands))) if n else np.nan,
             "r2": 1 - float(np.sum(sums["sq"])) / pooled_sst if n and pooled_sst > 0 else np.nan,
-            "sam": float(sums["sam"]) / n if n else np.nan,
+            "sam": float(sums["sam"]) / n if n else np.nan, **_interval_columns(sums, levels, n, None),
         })
     return rows
 
@@ -158,7 +144,11 @@ def evaluate(
     *,
     holdout: float = 0.2,
     seed: int = 0,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
+    train: Mapping[str, Any] | None = None,
+    train_dir: str | os.PathLike | None = None,
+    strict: bool = False,
+    interval: float | Sequence[float] | None = None,
     optical: Hashable = "optical",
     sar: Hashable | None = DEFAULT_SAR,
     mask: Hashable | bool | None = AUTO_MASK,
@@ -180,8 +170,29 @@ def evaluate(
     holdout : float
         Share of clear observations hidden (chosen per (time, y, x) from ``seed``, whatever the chunking).
     seed : int
-    checkpoint : path, optional
-        For the neural methods.
+    checkpoint : path or dict, optional
+        For the methods that run from a checkpoint: one path for every network (as in earlier versions),
+        or ``{method: path}`` (``{"anytimeformer": ..., "ensemble": ...}``). A checkpoint that was trained
+        on observations this evaluation hides gets a :class:`~xrecon.protocol.LeakWarning` naming it and
+        the share it saw (its scores would not be honest); ``strict=True`` makes that a
+        :class:`~xrecon.leakage.LeakError`.
+    train : dict, optional
+        The honest protocol: hide first, then train every network named without a checkpoint on the cube
+        with the hidden observations removed (the keywords of ``train``, e.g. ``{"time_budget": "5min"}``,
+        or one dict per method name), then fill and score. ``"ensemble"`` without a checkpoint is fitted
+        the same way on the held cube (:func:`xrecon.ensemble.fit_ensemble`, with the other methods named
+        as its members, hiding again inside it); the networks' own rows then use the networks it trained
+        (they never saw this evaluation's hidden observations either), so every network trains once.
+    train_dir : path, optional
+        Where the networks (and the ensemble) trained here are kept; None: a temporary folder removed at
+        the end. The table's ``attrs["trained"]`` says what was trained, for how many steps and seconds.
+    strict : bool
+        A leak is an error, not a warning.
+    interval : float or list of float, optional
+        Also score the intervals of the methods that give them (an ensemble): columns ``coverage_90`` (the
+        share of hidden observations between ``optical_lower`` and ``optical_upper`` at level 0.9) and
+        ``width_90`` (their mean distance), per level asked (``coverage_97_5`` for 0.975).
+        :func:`xrecon.plot.plot_reliability` draws nominal against observed coverage.
     optical, sar, mask
         Variable names, as for ``fill``; ``mask="auto"`` (the default) uses the cube's own clear mask
         (recorded by ``from_bands`` or named ``clear``), ``mask=False`` none. The mask used is in the
@@ -225,9 +236,102 @@ def evaluate(
         methods = [methods]
     methods = list(methods)
     options = options or {}
+    levels = _interval_levels(interval)
     mask = resolve_mask(ds, mask, optical=optical)
     cube = validate(ds, optical=optical, sar=sar, mask=False if mask is None else mask)
-    held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask, gaps=gaps)
+    given = protocol.resolve_checkpoints(methods, checkpoint)
+    missing = [m for m in protocol.needs_checkpoint(methods) if m not in given]
+    if missing and train is None and missing != ["ensemble"]:
+        raise CheckpointError(f"{missing} need a checkpoint: give checkpoint={{name: path}}, or train={{...}} "
+                              "(e.g. {'time_budget': '5min'}) to train them on the cube without the hidden "
+                              "observations")
+    held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask, gaps=gaps,
+                                     precompute=bool(missing))
+    shares = protocol.check_leaks(given, hidden, crs=leakage.crs_key(ds, optical), strict=strict) if given else {}
+    with _training_folder(train_dir if missing else None) as folder:
+        trained = _train_missing(held, methods, missing, given, folder, train=train, gaps=gaps, holdout=holdout,
+                                 seed=seed, options=options, optical=optical, sar=sar, mask=mask, strict=strict,
+                                 progress=progress, fill_kwargs=fill_kwargs)
+        table = _score(held, hidden, cube, methods, {**given, **trained}, options=options, levels=levels,
+                       optical=optical, sar=sar, mask=mask, by_gap=by_gap, by_gap_size=by_gap_size,
+                       progress=progress, fill_kwargs=fill_kwargs)
+        table.attrs["trained"] = {m: _trained_summary(m, p) for m, p in trained.items()}
+    table.attrs["mask"] = "" if mask is None else str(mask)
+    table.attrs["leaks"] = shares
+    return table
+
+
+def _interval_levels(interval: Any) -> tuple[float, ...]:
+    if interval is None:
+        return ()
+    levels = tuple(interval) if isinstance(interval, list | tuple | np.ndarray) else (interval,)
+    for a in levels:
+        if isinstance(a, bool) or not isinstance(a, int | float | np.floating) or not 0 < a < 1:
+            raise XreconError(f"interval={interval!r}: expected a probability strictly between 0 and 1 (e.g. 0.9), "
+                              "or a list of them")
+    return tuple(float(a) for a in levels)
+
+
+@contextlib.contextmanager
+def _training_folder(train_dir: str | os.PathLike | None) -> Iterator[Path]:
+    """``train_dir`` (made if missing), or a temporary folder removed afterwards."""
+    if train_dir is not None:
+        Path(train_dir).mkdir(parents=True, exist_ok=True)
+        yield Path(train_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="xrecon-evaluate-") as tmp:
+        yield Path(tmp)
+
+
+def _train_missing(held: xr.Dataset, methods: Sequence[str], missing: Sequence[str], given: Mapping[str, str],
+                   folder: Path, *, train: Any, gaps: Any, holdout: float, seed: int, options: Mapping[str, Any],
+                   optical: Hashable, sar: Hashable | None, mask: Hashable | None, strict: bool, progress: bool,
+                   fill_kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """Checkpoints of the methods in ``missing``, trained on ``held`` (an ensemble fitted on it)."""
+    if not missing:
+        return {}
+    sar = sar if sar in held else None
+    out: dict[str, str] = {}
+    if "ensemble" in missing:
+        from xrecon.ensemble import fit_ensemble, load_ensemble
+
+        members = [m for m in methods if m != "ensemble"]
+        if not members:
+            raise XreconError("evaluate: 'ensemble' without a checkpoint is fitted on the held cube from the other "
+                              "methods listed; list its members too, e.g. ['linear', 'neighbors', 'ensemble']")
+        nets = {m: p for m, p in given.items() if m in members}
+        path = fit_ensemble(held, members, out=folder / "ensemble.xrecon", gaps=gaps, holdout=holdout,
+                            seed=seed + 1, train=train, checkpoints=nets, overwrite=True,
+                            options={m: options[m] for m in members if m in options}, optical=optical, sar=sar,
+                            mask=False if mask is None else mask, strict=strict, progress=progress,
+                            batch_size=fill_kwargs.get("batch_size"), device=fill_kwargs.get("device"))
+        out["ensemble"] = os.fspath(path)
+        out.update({m.method: m.checkpoint for m in load_ensemble(path).members
+                    if m.method in missing and m.checkpoint is not None})
+    rest = [m for m in missing if m not in out]
+    if rest:
+        out.update(protocol.train_networks(held, rest, train, folder, optical=optical, sar=sar, mask=mask, seed=seed,
+                                           progress=progress, overwrite=True))
+    return out
+
+
+def _trained_summary(method: str, path: str) -> dict[str, Any]:
+    if method == "ensemble":
+        from xrecon.ensemble import load_ensemble
+
+        ens = load_ensemble(path, verify=False)
+        return {"members": ens.methods, "hidden": ens.provenance.get("hidden")}
+    import xrecon.models
+
+    meta = xrecon.models.load(path, device="cpu").metadata.get("training", {})
+    return {k: meta.get(k) for k in ("steps", "train_seconds", "best_val_loss", "device")}
+
+
+def _score(held: xr.Dataset, hidden: xr.DataArray, cube: Any, methods: Sequence[str], checkpoints: Mapping[str, str],
+           *, options: Mapping[str, Any], levels: tuple[float, ...], optical: Hashable, sar: Hashable | None,
+           mask: Hashable | None, by_gap: Any, by_gap_size: Any, progress: bool,
+           fill_kwargs: Mapping[str, Any]) -> pd.DataFrame:
+    """Fill ``held`` with every method and score the ``hidden`` observations, in one pass over the data."""
     truth = cube.optical
     split = {}
     if by_gap is not False:
@@ -259,16 +363,24 @@ def evaluate(
                 label, upper = f">{lo:g} px", sizes <= hi
             groups.append(({**split, "gap_size": label}, hidden & (sizes >= lo) & upper))
 
+    from xrecon.methods.ensemble import interval_outputs
+
+    bound_names = interval_outputs(levels, False)
     lazy = {}
     for method in methods:
         kwargs = dict(fill_kwargs, **options.get(method, {}))
-        if registry.get(method).needs_checkpoint:
-            kwargs["checkpoint"] = checkpoint
+        found = registry.get(method)
+        if found.needs_checkpoint:
+            kwargs["checkpoint"] = checkpoints[method]
+        with_bounds = bool(levels) and "interval" in (found.accepted_options() or ())
+        if with_bounds:
+            kwargs["interval"] = list(levels)
         out = fill(held, None, method=method, optical=optical, sar=sar, mask=False if mask is None else mask,
                    **kwargs)
-        pred = out["optical"]
+        bounds = [(out[bound_names[2 * i]], out[bound_names[2 * i + 1]]) for i in range(len(levels))] \
+            if with_bounds else []
         for g, (_, where) in enumerate(groups):
-            lazy[(method, g)] = _sums(pred, truth, where)
+            lazy[(method, g)] = _sums(out["optical"], truth, where, bounds)
     if progress:
         from tqdm.dask import TqdmCallback
 
@@ -279,10 +391,8 @@ def evaluate(
     rows = []
     for (method, g), sums in computed.items():
         sums = {k: np.asarray(v) for k, v in sums.items()}
-        rows += _rows(method, sums, cube.bands, groups[g][0])
-    table = pd.DataFrame(rows)
-    table.attrs["mask"] = "" if mask is None else str(mask)
-    return table
+        rows += _rows(method, sums, cube.bands, groups[g][0], levels)
+    return pd.DataFrame(rows)
 
 
 def _check_arguments(methods: Any, holdout: Any, seed: Any, options: Any, by_gap: Any, by_gap_size: Any) -> None:

@@ -96,6 +96,19 @@ register(
             "n_samples -> optical_std; needs checkpoint=",
 )
 
+register(
+    "ensemble",
+    "xrecon.methods.ensemble:fill_ensemble",
+    footprint="patch",
+    halo=12,  # the default gap classes' reach; the plan takes the largest of that and its members' halos
+    build="xrecon.methods.ensemble:build",
+    options=("interval",),
+    needs_checkpoint=True,
+    sar=True,
+    summary="a blend of other methods with weights per gap class and calibrated intervals (interval=0.9); "
+            "checkpoint= an ensemble file from fit_ensemble",
+)
+
 
 def get_method(name: str) -> Callable[..., object]:
     """The kernel of a registered method (``fill_<name>`` for the classical ones).

@@ -1,0 +1,179 @@
+"""The ensemble's numbers: blend weights per gap class, and split-conformal interval half-widths (numpy only).
+
+Weights
+-------
+For one band and one gap class, with the members' predictions ``P`` (n, M) of ``n`` hidden observations
+``y``, the weights minimise
+
+    ||y - P w||^2 + lam ||w - w0||^2   subject to   sum(w) = 1
+
+where ``w0`` puts all the weight on the class's best single member (lowest RMSE; the band's best where the
+class has fewer than ``min_class`` samples) and ``lam = shrinkage * d2``, ``d2`` being the mean squared
+spread of the members around their mean: a class with ``n`` samples moves from the best member towards its
+least-squares blend about as ``n / (n + shrinkage)``. Weights summing to one keep the blend in reflectance
+units (a member's constant bias is not "explained" by scaling it).
+
+Missing members
+---------------
+Where a member gives NaN (no clear observation in its reach...), its value is replaced by the first finite
+member in the class's ranking before blending, the same way when fitting and when filling; the blend is NaN
+only where every member is.
+
+Intervals
+---------
+Split-conformal: the score of a hidden observation is its absolute residual (optionally divided by a
+member's spread plus a floor, ``scale``); the half-width at level ``a`` for a class is the
+``ceil((n + 1) a)``-th smallest of the class's ``n`` scores (``inf`` when there are too few), the band's
+pooled scores where the class has fewer than ``min_calibration``. With scores from observations the blend
+was not fitted on, ``prediction +- half-width`` covers a new observation of the same kind with probability
+at least ``a`` (exchangeability; docs/ensemble.md says when that does not hold).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "LEVELS",
+    "best_available",
+    "blend",
+    "conformal_quantile",
+    "fit_band",
+    "fit_weights",
+    "interval_quantiles",
+    "rank_members",
+]
+
+#: Levels whose half-widths an ensemble file stores (others are interpolated between them).
+LEVELS = (*[round(0.05 * i, 2) for i in range(1, 20)], 0.975, 0.99)
+
+
+def best_available(P: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(M, n) member values and (n, M) member ranking per value -> (n,) the first finite member in the ranking
+    (NaN where none is).
+
+    Examples
+    --------
+    >>> P = np.array([[1.0, np.nan], [2.0, 3.0]])
+    >>> best_available(P, np.array([[0, 1], [0, 1]])).tolist()
+    [1.0, 3.0]
+    """
+    out = np.full(P.shape[1], np.nan, dtype=P.dtype)
+    cols = np.arange(P.shape[1])
+    for r in range(order.shape[1]):
+        missing = np.isnan(out)
+        if not missing.any():
+            break
+        out[missing] = P[order[missing, r], cols[missing]]
+    return out
+
+
+def blend(P: np.ndarray, cls: np.ndarray, weights: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(M, n) member values, (n,) classes, (K, M) weights and (K, M) rankings per class -> (n,) the blend.
+
+    A member's NaN is replaced by the best finite member of the value's class first (see the module docstring).
+
+    Examples
+    --------
+    >>> P = np.array([[0.2, np.nan], [0.4, 0.3]])
+    >>> blend(P, np.array([0, 0]), np.array([[0.5, 0.5]]), np.array([[0, 1]])).round(3).tolist()
+    [0.3, 0.3]
+    """
+    P = np.asarray(P)
+    ranking = order[cls]  # (n, M)
+    fallback = best_available(P, ranking)
+    filled = np.where(np.isnan(P), fallback[None, :], P)
+    return np.einsum("mn,nm->n", filled, weights[cls])
+
+
+def rank_members(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(M, n) member values and (n,) truth -> member indices from the lowest RMSE (each over its finite values;
+    a member with none comes last; ties keep the members' order)."""
+    err = (P - y[None, :]) ** 2
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(err)
+        n = finite.sum(axis=1)
+        mse = np.where(n > 0, np.where(finite, err, 0).sum(axis=1) / np.maximum(n, 1), np.inf)
+    return np.argsort(mse, kind="stable")
+
+
+def fit_weights(P: np.ndarray, y: np.ndarray, prior: np.ndarray, shrinkage: float) -> np.ndarray:
+    """Sum-to-one weights (M,) of the columns of ``P`` (n, M, finite) for ``y`` (n,), shrunk toward ``prior``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0); truth = rng.normal(size=500)
+    >>> P = np.stack([truth + rng.normal(0, 0.1, 500), truth + rng.normal(0, 0.1, 500)], axis=1)
+    >>> fit_weights(P, truth, np.array([1.0, 0.0]), 0.0).round(1).tolist()   # two equal members: half each
+    [0.5, 0.5]
+    >>> fit_weights(P[:3], truth[:3], np.array([1.0, 0.0]), 1e6).round(3).tolist()  # few samples: the prior
+    [1.0, 0.0]
+    """
+    n, m = P.shape
+    if m == 1:
+        return np.ones(1)
+    mean = P.mean(axis=1, keepdims=True)
+    d2 = float(np.mean((P - mean) ** 2)) if n else 0.0
+    lam = float(shrinkage) * max(d2, 1e-12)
+    G = P.T @ P + lam * np.eye(m)
+    b = P.T @ y + lam * prior
+    ones = np.ones(m)
+    try:
+        gb, g1 = np.linalg.solve(G, b), np.linalg.solve(G, ones)
+    except np.linalg.LinAlgError:  # no shrinkage and collinear members: the least-norm solution
+        pinv = np.linalg.pinv(G)
+        gb, g1 = pinv @ b, pinv @ ones
+    mu = (ones @ gb - 1.0) / (ones @ g1)
+    return gb - mu * g1
+
+
+def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shrinkage: float,
+             min_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings)."""
+    n_member = P.shape[0]
+    overall = rank_members(P, y)
+    weights = np.zeros((n_class, n_member))
+    order = np.tile(overall, (n_class, 1))
+    for c in range(n_class):
+        idx = np.flatnonzero(cls == c)
+        if len(idx) >= min_class:
+            order[c] = rank_members(P[:, idx], y[idx])
+        weights[c, order[c, 0]] = 1.0
+        if not len(idx):
+            continue
+        part = P[:, idx]
+        filled = np.where(np.isnan(part), best_available(part, np.tile(order[c], (len(idx), 1)))[None, :], part)
+        ok = np.isfinite(filled).all(axis=0) & np.isfinite(y[idx])
+        if ok.any():
+            weights[c] = fit_weights(filled[:, ok].T, y[idx][ok], weights[c].copy(), shrinkage)
+    return weights, order
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score, ``inf`` beyond ``n``.
+
+    Examples
+    --------
+    >>> conformal_quantile(np.arange(1.0, 10.0), 0.9)   # 9 scores: the 9th smallest
+    9.0
+    >>> conformal_quantile(np.arange(1.0, 5.0), 0.9)    # 4 scores are too few for 90 %
+    inf
+    """
+    scores = np.sort(np.asarray(scores, np.float64)[np.isfinite(scores)])
+    rank = int(np.ceil((len(scores) + 1) * level))
+    return float(scores[rank - 1]) if 1 <= rank <= len(scores) else (0.0 if rank < 1 else np.inf)
+
+
+def interval_quantiles(scores: np.ndarray, cls: np.ndarray, n_class: int, levels: tuple[float, ...] = LEVELS, *,
+                       min_calibration: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) scores and (n,) classes -> ((K, L) half-widths in score units, (K,) calibration counts): per class,
+    or the pooled scores' where a class has fewer than ``min_calibration``."""
+    ok = np.isfinite(scores)
+    scores, cls = scores[ok], cls[ok]
+    pooled = np.array([conformal_quantile(scores, a) for a in levels])
+    q = np.tile(pooled, (n_class, 1))
+    counts = np.bincount(cls, minlength=n_class)[:n_class]
+    for c in np.flatnonzero(counts >= min_calibration):
+        part = scores[cls == c]
+        q[c] = [conformal_quantile(part, a) for a in levels]
+    return q, counts

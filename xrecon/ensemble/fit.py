@@ -1,0 +1,411 @@
+"""Fitting an ensemble on a cube's own hidden observations: :func:`fit_ensemble`.
+
+Hide first (cloud-shaped, by default), train the networks that have no checkpoint on the cube without the
+hidden observations, fill the held cube with every member (one pass over the data: each member runs once
+per block), collect the hidden observations with their gap classes, and fit the blend and the interval
+half-widths per band and class (:mod:`xrecon.ensemble.blend`) with two-fold cross-fitting over a
+checkerboard of spatial blocks: each half is predicted by weights fitted on the other, and the intervals'
+coverage is measured on one half with half-widths calibrated on the other.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from xrecon import leakage, protocol
+from xrecon._version import __version__
+from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
+from xrecon.ensemble import blend
+from xrecon.ensemble.features import (
+    DEFAULT_DAYS_EDGES,
+    DEFAULT_SIZE_EDGES,
+    GapClasses,
+    days_to_clear,
+    gap_sizes,
+    sar_near,
+)
+from xrecon.ensemble.file import Ensemble, Member
+from xrecon.errors import MethodError, OutputExistsError, XreconError
+from xrecon.holdout import check_gaps, hide_observations
+from xrecon.methods import registry
+from xrecon.rng import hash_uniform
+
+__all__ = ["fit_ensemble", "members_folder"]
+
+_SAMPLE_STREAM = 0xE5  # the subsample of hidden observations, apart from every other use of the seed
+
+
+def members_folder(out: str | os.PathLike) -> Path:
+    """Where ``fit_ensemble(out=...)`` trains the networks it needs: ``<out stem>.members/`` beside it.
+
+    Examples
+    --------
+    >>> members_folder("runs/ens.xrecon").as_posix()
+    'runs/ens.members'
+    """
+    out = Path(out)
+    return out.with_name(f"{out.stem}.members")
+
+
+def _check(methods: Any, holdout: Any, shrinkage: Any, split_block: Any, max_samples: Any) -> list[str]:
+    if isinstance(methods, str):
+        methods = [methods]
+    try:
+        methods = list(methods)
+    except TypeError:
+        raise XreconError(f"methods={methods!r}: expected a list of method names") from None
+    if not methods or not all(isinstance(m, str) for m in methods) or len(set(methods)) != len(methods):
+        raise XreconError(f"methods={methods!r}: expected distinct method names, e.g. ['linear', 'neighbors']")
+    for m in methods:
+        registry.get(m)  # MethodError naming those available
+    if "ensemble" in methods:
+        raise MethodError("an ensemble cannot be a member of an ensemble; list its members instead")
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 < holdout < 1:
+        raise XreconError(f"holdout={holdout!r}: expected a fraction strictly between 0 and 1, e.g. 0.1")
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, int | float) or not shrinkage >= 0:
+        raise XreconError(f"shrinkage={shrinkage!r}: expected a number of pseudo-observations >= 0, e.g. 100")
+    for name, value in (("split_block", split_block), ("max_samples", max_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise XreconError(f"{name}={value!r}: expected a positive integer")
+    return methods
+
+
+def _gather(arrays: Mapping[str, xr.DataArray], where: xr.DataArray, rate: float, seed: int,
+            ) -> dict[str, np.ndarray]:
+    """The values of ``arrays`` (time[, band], y, x) where ``where`` (time, y, x) is True (a seeded share
+    ``rate`` of them), with their global (time, y, x) indices; band-shaped ones as (n, band).
+
+    Block by block in one dask computation (so the members behind the arrays run once per block).
+    """
+    where = where.transpose("time", "y", "x")
+    ref = next(iter(arrays.values()))
+    chunks = ref.chunksizes if ref.chunks is not None else {}
+    cy = chunks.get("y", (where.sizes["y"],))
+    cx = chunks.get("x", (where.sizes["x"],))
+    names = list(arrays)
+    data = []
+    for da in [where, *arrays.values()]:
+        lead = [d for d in da.dims if d not in ("y", "x")]
+        da = da.transpose(*lead, "y", "x")
+        data.append(da.chunk({**{d: -1 for d in lead}, "y": cy, "x": cx}).data)
+    y0, x0 = np.cumsum((0, *cy)), np.cumsum((0, *cx))
+
+    def block(mask: np.ndarray, *values: np.ndarray, ys: int, xs: int) -> dict[str, np.ndarray]:
+        mask = np.asarray(mask, bool)
+        t, y, x = np.nonzero(mask)
+        y, x = y + ys, x + xs
+        keep = hash_uniform(seed, np.int64(_SAMPLE_STREAM), t, y, x) < rate if rate < 1 else slice(None)
+        out = {"t": t[keep], "y": y[keep], "x": x[keep]}
+        for name, v in zip(names, values, strict=True):
+            v = np.asarray(v)
+            picked = np.moveaxis(v, 1, -1)[mask] if v.ndim == 4 else v[mask]
+            out[name] = picked[keep]
+        return out
+
+    call = dask.delayed(block, pure=True)
+    parts = [call(*(d.blocks[(0,) * (d.ndim - 2) + (i, j)] for d in data), ys=int(y0[i]), xs=int(x0[j]))
+             for i in range(len(cy)) for j in range(len(cx))]
+    (parts,) = dask.compute(parts)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _member_fills(held: xr.Dataset, members: Sequence[Member], *, optical: Hashable, sar: Hashable | None,
+                  mask: Hashable | None, fill_kwargs: Mapping[str, Any]) -> list[xr.Dataset]:
+    from xrecon.fill import fill
+
+    return [fill(held, None, method=m.method, checkpoint=m.checkpoint, optical=optical, sar=sar,
+                 mask=False if mask is None else mask, **fill_kwargs, **m.options) for m in members]
+
+
+def _rmse(err: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan")
+
+
+def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens: np.ndarray,
+                names: Sequence[str]) -> list[dict[str, Any]]:
+    """RMSE and MAE of each member and the ensemble on the values where all of them are finite."""
+    ok = np.isfinite(ens) & np.isfinite(preds).all(axis=0) & np.isfinite(truth)
+    rows = []
+    for name, p in [*zip(names, preds, strict=True), ("ensemble", ens)]:
+        e = (p - truth)[ok]
+        rows.append({"band": band, "gap_class": group, "method": name, "n": int(ok.sum()), "rmse": _rmse(e),
+                     "mae": float(np.mean(np.abs(e))) if e.size else float("nan")})
+    return rows
+
+
+def _cross_fit(P: np.ndarray, y: np.ndarray, cls: np.ndarray, half: np.ndarray, n_class: int,
+               **kw: Any) -> np.ndarray:
+    """Each half's blend with the weights fitted on the other half."""
+    out = np.full(y.shape, np.nan)
+    for h in (0, 1):
+        fit, other = half != h, half == h
+        if not fit.any() or not other.any():
+            continue
+        w, order = blend.fit_band(P[:, fit], y[fit], cls[fit], n_class, **kw)
+        out[other] = blend.blend(P[:, other], cls[other], w, order)
+    return out
+
+
+def _half_widths_checked(scores: np.ndarray, scale: np.ndarray, cls: np.ndarray, half: np.ndarray, n_class: int,
+                         min_calibration: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(coverage (L,), mean width (L,), per-value covered (n, L) and width (n, L)) with half-widths
+    calibrated on one half and applied to the other, both ways."""
+    levels = blend.LEVELS
+    covered = np.zeros((len(scores), len(levels)), bool)
+    width = np.full((len(scores), len(levels)), np.nan)
+    for h in (0, 1):
+        cal, test = half != h, half == h
+        if not cal.any() or not test.any():
+            continue
+        q, _ = blend.interval_quantiles(scores[cal], cls[cal], n_class, levels, min_calibration=min_calibration)
+        qt = q[cls[test]]  # (n_test, L)
+        covered[test] = scores[test][:, None] <= qt
+        width[test] = 2 * qt * scale[test][:, None]
+    ok = np.isfinite(scores)
+    return covered[ok].mean(axis=0), np.nanmean(np.where(np.isinf(width[ok]), np.nan, width[ok]), axis=0), \
+        covered, width
+
+
+def fit_ensemble(
+    ds: xr.Dataset,
+    methods: Sequence[str],
+    *,
+    out: str | os.PathLike,
+    gaps: str | int = "clouds",
+    holdout: float = 0.1,
+    seed: int = 0,
+    train: Mapping[str, Any] | None = None,
+    checkpoints: Mapping[str, str | os.PathLike] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    optical: Hashable = "optical",
+    sar: Hashable | None = DEFAULT_SAR,
+    mask: Hashable | bool | None = AUTO_MASK,
+    size_edges: Sequence[float] = DEFAULT_SIZE_EDGES,
+    days_edges: Sequence[float] = DEFAULT_DAYS_EDGES,
+    sar_classes: bool = True,
+    sar_window: float = 6.0,
+    shrinkage: float = 100.0,
+    min_class: int = 50,
+    min_calibration: int = 50,
+    split_block: int = 32,
+    max_samples: int = 400_000,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> Path:
+    """Fit a blend of ``methods`` with weights per gap class, and calibrated intervals, on this cube.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cube following the conventions (lazy is fine).
+    methods : list of str
+        The members, e.g. ``["linear", "neighbors", "anytimeformer"]``; one method alone calibrates its
+        intervals (its weights are 1).
+    out : path
+        The ensemble file to write (JSON, small); networks it trains go to :func:`members_folder`.
+    gaps, holdout, seed
+        What is hidden, as for ``evaluate``: by default 10 % of the clear observations as real cloud shapes.
+    train : dict, optional
+        ``train`` keywords for the networks without a checkpoint (one dict for all, or one per method name),
+        e.g. ``{"time_budget": "5min"}``; they are trained on the cube with the hidden observations removed.
+    checkpoints : dict, optional
+        ``{method: path}`` of networks already trained; a checkpoint that saw the hidden observations gets a
+        warning (an error with ``strict``), as in ``evaluate``.
+    options : dict, optional
+        Fill options per member, e.g. ``{"restore-dit": {"n_samples": 8}}`` (kept in the file).
+    optical, sar, mask
+        Variable names, as for ``fill``.
+    size_edges, days_edges, sar_classes, sar_window
+        The gap classes (:class:`~xrecon.ensemble.features.GapClasses`): gap size in pixels, days to the
+        pixel's nearest clear observation, and (with SAR in the cube, unless ``sar_classes=False``) whether
+        a SAR observation lies within ``sar_window`` days.
+    shrinkage : float
+        Pseudo-observations pulling each class's weights toward its best single member.
+    min_class, min_calibration : int
+        Classes with fewer hidden observations rank their members and calibrate their intervals with the
+        band's pooled observations.
+    split_block : int
+        Side in pixels of the checkerboard blocks that make the two spatial halves.
+    max_samples : int
+        At most about this many hidden observations are used (a seeded subsample of them).
+    strict, overwrite, progress
+        Leaks are errors; replace ``out`` (and networks in its members folder); show training progress.
+    batch_size, device
+        For the networks' fills.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out``. :func:`xrecon.ensemble.load_ensemble` reads it; its ``scores()`` and ``coverage()`` are what
+        was measured when fitting.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from xrecon.testing import synthetic_cube
+    >>> ds = synthetic_cube(ny=32, nx=32, seed=1)
+    >>> path = fit_ensemble(ds, ["linear", "neighbors"], out=os.path.join(tempfile.mkdtemp(), "ens.xrecon"))
+    >>> out = ds.recon.fill(method="ensemble", checkpoint=path, interval=0.9)
+    >>> sorted(out.data_vars)
+    ['observed', 'optical', 'optical_lower', 'optical_upper']
+    """
+    methods = _check(methods, holdout, shrinkage, split_block, max_samples)
+    gaps = check_gaps(gaps)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{os.fspath(out)!r} exists; pass overwrite=True to replace it")
+    options = {m: dict(v) for m, v in (options or {}).items()}
+    unknown = sorted(set(options) - set(methods))
+    if unknown:
+        raise XreconError(f"options= names {unknown}, which are not members ({methods})")
+    mask = resolve_mask(ds, mask, optical=optical)
+    cube = validate(ds, optical=optical, sar=sar, mask=False if mask is None else mask)
+    sar_name = sar if cube.sar is not None else None
+    held, hidden = hide_observations(ds, holdout, seed=seed, optical=str(optical), mask=mask, gaps=gaps,
+                                     precompute=True)
+    crs = leakage.crs_key(ds, optical)
+
+    given = protocol.resolve_checkpoints(methods, checkpoints)
+    missing = [m for m in protocol.needs_checkpoint(methods) if m not in given]
+    if missing and train is None:
+        raise MethodError(f"{missing} need a checkpoint: give checkpoints={{name: path}}, or train={{...}} (e.g. "
+                          "{'time_budget': '5min'}) to train them on the cube without the hidden observations")
+    if given:
+        protocol.check_leaks(given, hidden, crs=crs, strict=strict)
+    trained = protocol.train_networks(held, missing, train, members_folder(out), optical=optical, sar=sar_name,
+                                      mask=mask, seed=seed, progress=progress, overwrite=overwrite) if missing else {}
+    from xrecon.runtime import file_sha256
+
+    ckpts = {**given, **trained}
+    members = tuple(Member(m, options.get(m, {}), os.path.abspath(ckpts[m]) if m in ckpts else None,
+                           file_sha256(ckpts[m]) if m in ckpts else None) for m in methods)
+
+    # every member on the held cube, and the gap classes of the hidden observations
+    fills = _member_fills(held, members, optical=optical, sar=sar_name, mask=mask,
+                          fill_kwargs={"batch_size": batch_size, "device": device})
+    classes = GapClasses(tuple(size_edges), tuple(days_edges), sar=bool(sar_classes and cube.sar is not None),
+                         sar_window=float(sar_window))
+    kept = held[optical].notnull().all("band")
+    if mask is not None:
+        kept = kept & held[mask].astype(bool)
+    arrays: dict[str, xr.DataArray] = {"truth": cube.optical.transpose("time", "band", "y", "x")}
+    spread_member = None
+    for i, f in enumerate(fills):
+        arrays[f"m{i}"] = f["optical"]
+        if "optical_std" in f and spread_member is None:
+            spread_member = i
+            arrays["spread"] = f["optical_std"]
+    arrays["size"] = gap_sizes(kept, hidden, reach=classes.reach)
+    arrays["days"] = days_to_clear(kept)
+    if classes.sar:
+        arrays["sar"] = sar_near(cube.sar, cube.times.values, classes.sar_window)
+    n_hidden = int(hidden.sum())
+    if n_hidden == 0:
+        raise XreconError("no clear observation was hidden: the cube has too few clear observations for this "
+                          f"hold-out (holdout={holdout}, gaps={gaps!r})")
+    rate = min(1.0, max_samples / n_hidden)
+    got = _gather(arrays, hidden, rate, seed)
+
+    ens = _fit(got, members, cube.bands, classes, spread_member, shrinkage=float(shrinkage), min_class=min_class,
+               min_calibration=min_calibration, split_block=split_block)
+    provenance = {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "xrecon_version": __version__,
+        "holdout": holdout, "gaps": gaps, "seed": seed, "mask": "" if mask is None else str(mask),
+        "hidden": n_hidden, "used": int(len(got["t"])), "split_block": split_block, "shrinkage": float(shrinkage),
+        "min_class": min_class, "min_calibration": min_calibration, "cube": {k: int(v) for k, v in ds.sizes.items()},
+        "times": [str(cube.times[0]), str(cube.times[-1])], "crs": crs,
+        "trained": {m: _training_summary(p) for m, p in trained.items()},
+    }
+    fitted = leakage.sketch(hidden, k=4096, crs=crs)
+    ens = Ensemble(**{**ens.__dict__, "provenance": provenance, "observations": fitted.to_plain()})
+    return ens.save(out, overwrite=overwrite)
+
+
+def _training_summary(path: str) -> dict[str, Any]:
+    """What a network trained here did: its steps, training seconds and best validation loss."""
+    import xrecon.models
+
+    meta = xrecon.models.load(path, device="cpu").metadata.get("training", {})
+    return {k: meta.get(k) for k in ("steps", "train_seconds", "best_val_loss", "device")}
+
+
+def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequence[str], classes: GapClasses,
+         spread_member: int | None, *, shrinkage: float, min_class: int, min_calibration: int,
+         split_block: int) -> Ensemble:
+    """The blend, half-widths and report from the gathered hidden observations (numpy only)."""
+    n_member, n_band, n_class = len(members), len(bands), classes.n
+    names = [m.method for m in members]
+    cls = classes.index(got["size"], got["days"], got.get("sar"))
+    half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2
+    truth = got["truth"].astype(np.float64)  # (n, C)
+    preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
+    fit_kw = {"shrinkage": shrinkage, "min_class": min_class}
+
+    weights = np.zeros((n_band, n_class, n_member))
+    order = np.zeros((n_band, n_class, n_member), np.int64)
+    widths = np.zeros((n_band, n_class, len(blend.LEVELS)))
+    counts = np.zeros((n_band, n_class), np.int64)
+    scale, floors = [], np.zeros(n_band)
+    scores_rows: list[dict[str, Any]] = []
+    coverage_rows: list[dict[str, Any]] = []
+    pooled_oos = np.full(truth.shape, np.nan)
+    pooled_cov = []
+    for b, band in enumerate(bands):
+        y, P = truth[:, b], preds[:, :, b]
+        weights[b], order[b] = blend.fit_band(P, y, cls, n_class, **fit_kw)
+        oos = _cross_fit(P, y, cls, half, n_class, **fit_kw)
+        pooled_oos[:, b] = oos
+        residual = np.abs(y - oos)
+        variants = {"none": (residual, np.ones_like(residual), 0.0)}
+        if spread_member is not None:
+            sd = np.nan_to_num(got["spread"][:, b].astype(np.float64), nan=0.0)
+            floor = float(np.median(sd[np.isfinite(residual)])) if np.isfinite(residual).any() else 0.0
+            if floor > 0:
+                variants["spread"] = (residual / (sd + floor), sd + floor, floor)
+        checked = {k: _half_widths_checked(s, sc, cls, half, n_class, min_calibration)
+                   for k, (s, sc, _) in variants.items()}
+        i90 = blend.LEVELS.index(0.9)
+        choice = min(checked, key=lambda k: (checked[k][1][i90], k != "none"))
+        score, _, floor = variants[choice]
+        scale.append(choice)
+        floors[b] = floor
+        widths[b], counts[b] = blend.interval_quantiles(score, cls, n_class, min_calibration=min_calibration)
+        coverage, width, covered, _ = checked[choice]
+        pooled_cov.append(covered[np.isfinite(score)])
+        for level, c, w in zip(blend.LEVELS, coverage, width, strict=True):
+            coverage_rows.append({"band": band, "level": level, "coverage": float(c), "width": float(w),
+                                  "scale": choice})
+        scores_rows += _score_rows(band, "all", y, P, oos, names)
+        for c in range(n_class):
+            sel = cls == c
+            if sel.any():
+                scores_rows += _score_rows(band, classes.label(c), y[sel], P[:, sel], oos[sel], names)
+    if n_band > 1:  # the bands pooled: every (observation, band) one value
+        for c in [None, *range(n_class)]:
+            sel = np.ones(len(cls), bool) if c is None else cls == c
+            if sel.any():
+                scores_rows += _score_rows("all", "all" if c is None else classes.label(c), truth[sel].ravel(),
+                                           preds[:, sel].reshape(n_member, -1), pooled_oos[sel].ravel(), names)
+        allcov = np.concatenate(pooled_cov)
+        for i, level in enumerate(blend.LEVELS):
+            per_band = [r["width"] for r in coverage_rows if r["level"] == level]
+            coverage_rows.append({"band": "all", "level": level, "coverage": float(allcov[:, i].mean()),
+                                  "width": float(np.nanmean(per_band)), "scale": "per band"})
+    return Ensemble(
+        members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
+        levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
+        spread_member=spread_member if "spread" in scale else None,
+        report={"scores": scores_rows, "coverage": coverage_rows},
+    )
+
