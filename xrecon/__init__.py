@@ -16,7 +16,7 @@ from xrecon.errors import XreconError
 __all__ = ["XreconError", "__version__", "io", "methods"]
 
 # Imported on first use: these pull in torch (models, training) or test helpers, which `import xrecon` must not.
-_LAZY = ("models", "training", "testing", "evaluate", "runtime", "diffusion")
+_LAZY = ("models", "training", "testing", "evaluate", "runtime", "diffusion", "ensemble", "leakage", "plot")
 
 
 def __getattr__(name: str):

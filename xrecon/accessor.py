@@ -146,11 +146,35 @@ class ReconAccessor:
         """Hide ``holdout`` of the clear observations, reconstruct them with each method and score them.
 
         Returns a :class:`pandas.DataFrame` with one row per method and band and columns ``mae``,
-        ``rmse``, ``r2``; see :func:`xrecon.evaluate.evaluate` for all options.
+        ``rmse``, ``r2``; see :func:`xrecon.evaluate.evaluate` for all options. ``train={"time_budget":
+        "5min"}`` trains the networks named without a checkpoint on the cube with the hidden observations
+        removed (hide first, then train, then score); a checkpoint trained on them is warned about.
+
+        Examples
+        --------
+        >>> table = ds.recon.evaluate(["linear", "neighbors", "anytimeformer"], gaps="clouds", holdout=0.1,
+        ...                           train={"time_budget": "5min"})  # doctest: +SKIP
         """
         from xrecon.evaluate import evaluate
 
         return evaluate(self._ds, methods, holdout=holdout, seed=seed, checkpoint=checkpoint, **kwargs)
+
+    def fit_ensemble(self, methods: Any, *, out: str | os.PathLike, **kwargs: Any) -> Any:
+        """Fit a blend of ``methods`` with weights per gap class and calibrated intervals on this cube's own
+        hidden observations; returns the ensemble file's path for ``fill(method="ensemble", checkpoint=...)``.
+
+        See :func:`xrecon.ensemble.fit_ensemble` for the options (``gaps``, ``holdout``, ``train``,
+        ``checkpoints``, ``seed``...).
+
+        Examples
+        --------
+        >>> ens = ds.recon.fit_ensemble(["linear", "neighbors", "anytimeformer"], out="ens.xrecon",
+        ...                             train={"time_budget": "5min"})  # doctest: +SKIP
+        >>> out = ds.recon.fill("5D", method="ensemble", checkpoint=ens, interval=0.9)  # doctest: +SKIP
+        """
+        from xrecon.ensemble import fit_ensemble
+
+        return fit_ensemble(self._ds, methods, out=out, **kwargs)
 
     def train(self, method: str = "anytimeformer", *, out: str | os.PathLike, **kwargs: Any) -> Any:
         """Train a network on this cube (self-supervised) and return the best checkpoint's path.

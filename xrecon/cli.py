@@ -8,6 +8,9 @@ Examples
     xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
     xrecon evaluate IN.zarr --methods linear,whittaker --holdout 0.2 --by-gap
     xrecon evaluate IN.zarr --methods linear,neighbors --gaps clouds --by-gap-size --mask clear
+    xrecon evaluate IN.zarr --methods linear,neighbors,anytimeformer --gaps clouds --holdout 0.1 --train-budget 5min
+    xrecon ensemble IN.zarr ens.xrecon --methods linear,neighbors,anytimeformer --train-budget 5min
+    xrecon fill IN.zarr OUT.zarr --method ensemble --checkpoint ens.xrecon --option interval=0.9
     xrecon train IN.zarr model.xrecon --preset small --time-budget 10min --mask clear
     xrecon demo --out xrecon-demo
 """
@@ -106,6 +109,81 @@ def _cmd_fill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoints(values: Sequence[str]) -> Any:
+    """``--checkpoint PATH`` (every network) or ``--checkpoint METHOD=PATH`` (repeatable) -> evaluate's checkpoint=."""
+    if not values:
+        return None
+    named = [v for v in values if "=" in v]
+    if not named and len(values) == 1:
+        return values[0]
+    if len(named) != len(values):
+        raise XreconError(f"--checkpoint {values!r}: give one PATH for every network, or METHOD=PATH for each")
+    return dict(v.split("=", 1) for v in values)
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--train-budget`` and ``--train-option KEY=VALUE``: the train() keywords of evaluate/ensemble's networks."""
+    options = dict(_parse_option(o) for o in args.train_option)
+    if args.train_budget is not None:
+        options["time_budget"] = args.train_budget
+    return options or None
+
+
+def _interval(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise XreconError(f"--interval {text!r}: expected levels such as 0.9 or 0.5,0.9,0.95") from None
+    return levels[0] if len(levels) == 1 else levels
+
+
+def _member_options(values: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--member-option METHOD:KEY=VALUE`` (repeatable) -> {method: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for v in values:
+        method, sep, rest = v.partition(":")
+        if not sep:
+            raise XreconError(f"--member-option {v!r}: expected METHOD:KEY=VALUE, e.g. restore-dit:n_samples=8")
+        key, value = _parse_option(rest)
+        out.setdefault(method.strip(), {})[key] = value
+    return out
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import xrecon  # noqa: F401  (registers the accessor)
+    from xrecon.ensemble import load_ensemble
+    from xrecon.io import open_cube
+
+    _check_path("INPUT", args.input)
+    _check_path("OUTPUT", args.output)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    ds = open_cube(args.input, chunks=_parse_chunks(args.chunks))
+    checkpoints = _checkpoints(args.checkpoint)
+    if isinstance(checkpoints, str):
+        raise XreconError("--checkpoint: name the member, METHOD=PATH")
+    path = ds.recon.fit_ensemble(
+        methods, out=args.output, gaps=args.gaps, holdout=args.holdout, seed=args.seed, train=_train_options(args),
+        checkpoints=checkpoints, options=_member_options(args.member_option), optical=args.optical, sar=args.sar,
+        mask=_mask(args), strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
+        batch_size=args.batch_size, device=args.device,
+    )
+    ens = load_ensemble(path)
+    scores = ens.scores()
+    band = "all" if (scores["band"] == "all").any() else scores["band"].iloc[0]
+    overall = scores[(scores["band"] == band) & (scores["gap_class"] == "all")]
+    coverage = ens.coverage()
+    coverage = coverage[(coverage["band"] == band) & coverage["level"].isin([0.5, 0.9, 0.95])]
+    with pd.option_context("display.width", 160):
+        print(overall[["method", "n", "rmse", "mae"]].round(5).to_string(index=False))
+        print(coverage[["level", "coverage", "width"]].round(4).to_string(index=False))
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -125,7 +203,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         [m.strip() for m in args.methods.split(",") if m.strip()],
         holdout=args.holdout,
         seed=args.seed,
-        checkpoint=args.checkpoint,
+        checkpoint=_checkpoints(args.checkpoint),
+        train=_train_options(args),
+        train_dir=args.train_dir,
+        strict=args.strict,
+        interval=_interval(args.interval),
         optical=args.optical,
         sar=args.sar,
         mask=_mask(args),
@@ -249,6 +331,17 @@ def _add_cube_arguments(p: argparse.ArgumentParser, *, chunks_example: str = "y=
     p.add_argument("--chunks", default=None, help=f"spatial chunks for reading, e.g. {chunks_example}")
 
 
+def _add_training_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """--train-budget, --train-option and --strict: training on the held cube, and the leak check."""
+    p.add_argument("--train-budget", default=None, metavar="DURATION",
+                   help=f"train the {what} on the cube without the hidden observations, for about this long "
+                        "each (e.g. 5min); nothing is trained without it or --train-option")
+    p.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a train() keyword for those networks, e.g. preset=small, threads=1 (repeatable)")
+    p.add_argument("--strict", action="store_true",
+                   help="a checkpoint that trained on hidden observations is an error, not a warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xrecon.methods import list_methods, trainable_methods
 
@@ -291,7 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated method names, of: {', '.join(list_methods())}")
     e.add_argument("--holdout", type=float, default=0.2, help="share of clear observations hidden")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--checkpoint", default=None, help="model checkpoint, for the neural methods")
+    e.add_argument("--checkpoint", action="append", default=[], metavar="[METHOD=]PATH",
+                   help="checkpoint of the networks (PATH) or of one method (METHOD=PATH, repeatable); a checkpoint "
+                        "trained on hidden observations is warned about (an error with --strict)")
+    _add_training_arguments(e, "networks listed without a checkpoint (and an ensemble)")
+    e.add_argument("--train-dir", default=None, help="keep what is trained here (default: a temporary folder)")
+    e.add_argument("--interval", default=None, metavar="LEVELS",
+                   help="also score the intervals of methods that give them (ensemble): e.g. 0.9 or 0.5,0.9,0.95")
     _add_cube_arguments(e)
     e.add_argument("--by-gap", action="store_true", help="also score by gap length")
     e.add_argument("--gaps", default="pixels",
@@ -305,6 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
+
+    n = sub.add_parser("ensemble", help="fit a blend of methods per gap class, with calibrated intervals",
+                       formatter_class=_Help)
+    n.add_argument("input", help="input cube: Zarr store or netCDF file")
+    n.add_argument("output", help="ensemble file to write (networks it trains go to OUTPUT's stem + .members/)")
+    n.add_argument("--methods", required=True, help=f"comma-separated members, of: {', '.join(list_methods())}")
+    n.add_argument("--gaps", default="clouds", help="shape of what is hidden: clouds | pixels | N")
+    n.add_argument("--holdout", type=float, default=0.1, help="share of clear observations hidden")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
+                   help="a member network already trained (repeatable)")
+    _add_training_arguments(n, "member networks without a checkpoint")
+    n.add_argument("--member-option", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="a member's fill option, e.g. restore-dit:n_samples=8 (repeatable)")
+    _add_cube_arguments(n)
+    n.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
+    n.add_argument("--device", default=None, help="torch device (networks); default cuda if available")
+    n.add_argument("--overwrite", action="store_true", help="replace OUTPUT and the networks it trained")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=_cmd_ensemble)
 
     t = sub.add_parser("train", help="train a network on a cube (self-supervised), write a checkpoint",
                        formatter_class=_TrainHelp)

@@ -35,7 +35,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
@@ -118,26 +117,26 @@ def _keys(valid: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t_ns, _coordinate_bits(coord("y")), _coordinate_bits(coord("x"))
 
 
-def _map_blocks(func: Callable[..., Any], arrays: Sequence[xr.DataArray]) -> list[Any]:
-    """``func(*blocks, t_ns, y, x)`` for every block of the (time, y, x) ``arrays`` (the first one's chunks):
-    computed values for numpy input, ``dask.delayed`` objects for dask input."""
-    first = arrays[0].transpose("time", "y", "x")
-    t_ns, y, x = _keys(first)
-    if first.chunks is None:
-        return [func(*(np.asarray(a.transpose("time", "y", "x").values) for a in arrays), t_ns, y, x)]
-    chunks = dict(zip(first.dims, first.chunks, strict=True))
-    data = [a.transpose("time", "y", "x").chunk(chunks).data for a in arrays]
-    bounds = {d: np.cumsum((0, *chunks[d])) for d in ("time", "y", "x")}
-    out = []
-    call = dask.delayed(func, pure=True)
-    for i in range(len(chunks["time"])):
-        for j in range(len(chunks["y"])):
-            for k in range(len(chunks["x"])):
-                ts = slice(bounds["time"][i], bounds["time"][i + 1])
-                ys = slice(bounds["y"][j], bounds["y"][j + 1])
-                xs = slice(bounds["x"][k], bounds["x"][k + 1])
-                out.append(call(*(d.blocks[i, j, k] for d in data), t_ns[ts], y[ys], x[xs]))
-    return out
+def _cells(func: Callable[..., Any], valid: xr.DataArray) -> Any:
+    """``func(block, t_ns, y, x)`` for every spatial block of a (time, y, x) array (time whole), as a lazy
+    object dask array with one cell per block. One array graph: a block's inputs are computed once, and
+    shared work (such as a cloud hold-out's plan) once for all blocks."""
+    import dask.array as dsa
+
+    valid = valid.transpose("time", "y", "x")
+    t_ns, y, x = _keys(valid)
+    data = dsa.asarray(valid.data)
+    data = data.rechunk({0: -1})
+    cy, cx = data.chunks[1], data.chunks[2]
+
+    def cell(block: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        out = np.empty((1, 1), dtype=object)
+        out[0, 0] = func(np.asarray(block, dtype=bool), t_ns, ys, xs)
+        return out
+
+    return dsa.blockwise(cell, "yx", data, "tyx", dsa.from_array(y, chunks=(cy,)), "y",
+                         dsa.from_array(x, chunks=(cx,)), "x", concatenate=True, dtype=object,
+                         meta=np.empty((0, 0), object), adjust_chunks={"y": 1, "x": 1})
 
 
 def _smallest(hashes: np.ndarray, k: int) -> np.ndarray:
@@ -171,7 +170,7 @@ class ObservationSketch:
     @property
     def exact(self) -> bool:
         """True when the sketch holds every observation's hash (there were at most ``k``)."""
-        return len(self.hashes) < self.k
+        return len(self.hashes) < self.k or self.count <= self.k
 
     @property
     def threshold(self) -> int:
@@ -218,17 +217,19 @@ def sketch(valid: xr.DataArray, *, k: int = DEFAULT_K, crs: str = "") -> Observa
     seed = _crs_seed(crs)
 
     def block(mask: np.ndarray, t_ns: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, int]:
-        mask = np.asarray(mask, dtype=bool)
         return _smallest(_hashes(mask, t_ns, y, x, seed), k), int(np.count_nonzero(mask))
 
-    parts = _map_blocks(block, [valid])
-    if dask.is_dask_collection(parts[0]):
-        merge = dask.delayed(_merge, pure=True)
-        while len(parts) > 1:  # a tree of merges: no task holds more than 8 blocks' hashes
-            parts = [merge(parts[i:i + 8], k) for i in range(0, len(parts), 8)]
-        (parts[0],) = dask.compute(parts[0])
-    hashes, count = parts[0]
+    cells = _cells(block, valid)
+    while cells.size > 1:  # a tree of merges: no task holds more than 64 blocks' hashes
+        cells = cells.rechunk(8).map_blocks(_merge_cells, k=k, dtype=object, chunks=(1, 1))
+    hashes, count = cells.compute()[0, 0]
     return ObservationSketch(hashes, count, k)
+
+
+def _merge_cells(cells: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = _merge(list(cells.ravel()), k)
+    return out
 
 
 @dataclass(frozen=True)
@@ -276,14 +277,12 @@ def seen_share(trained: ObservationSketch, hidden: xr.DataArray, *, crs: str = "
     table = trained.hashes
 
     def block(mask: np.ndarray, t_ns: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        h = _hashes(np.asarray(mask, dtype=bool), t_ns, y, x, seed)
+        h = _hashes(mask, t_ns, y, x, seed)
         sampled = h[h <= threshold]
         return np.array([h.size, sampled.size, np.count_nonzero(np.isin(sampled, table, assume_unique=False))])
 
-    parts = _map_blocks(block, [hidden])
-    if dask.is_dask_collection(parts[0]):
-        parts = dask.compute(*parts)
-    return Seen(*(int(c) for c in np.sum(parts, axis=0)))
+    counts = np.sum(list(_cells(block, hidden).compute().ravel()), axis=0)
+    return Seen(*(int(c) for c in counts))
 
 
 def sketch_of(metadata: Mapping[Hashable, Any] | None) -> ObservationSketch | None:

@@ -1,4 +1,4 @@
-"""Figures people want to look at: maps before / after / difference, and a pixel's series.
+"""Figures people want to look at: maps before / after / difference, a pixel's series, interval reliability.
 
 matplotlib is imported only when a figure is drawn.
 
@@ -24,7 +24,7 @@ import xarray as xr
 
 from xrecon.errors import XreconError
 
-__all__ = ["plot_maps", "plot_series", "TRUE_COLOUR"]
+__all__ = ["plot_maps", "plot_reliability", "plot_series", "TRUE_COLOUR"]
 
 #: Sentinel-2 bands of a true-colour image, red, green, blue.
 TRUE_COLOUR = ("B04", "B03", "B02")
@@ -229,6 +229,91 @@ def plot_series(
         twin.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize="small")
     fig.autofmt_xdate()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def _coverage_points(source: Any, band: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{label: (nominal levels, observed coverage)} of an evaluate table, an Ensemble or an ensemble file."""
+    import pandas as pd
+
+    from xrecon.ensemble.file import Ensemble, load_ensemble
+
+    if isinstance(source, str | os.PathLike):
+        source = load_ensemble(source, verify=False)
+    if isinstance(source, Ensemble):
+        cov = source.coverage()
+        if cov.empty:
+            raise XreconError("this ensemble file records no coverage to plot")
+        use = band if (cov["band"] == band).any() else cov["band"].iloc[0]
+        cov = cov[cov["band"] == use].sort_values("level")
+        return {"ensemble (held-out half)": (cov["level"].to_numpy(), cov["coverage"].to_numpy())}
+    if isinstance(source, pd.DataFrame):
+        columns = [c for c in source.columns if c.startswith("coverage_")]
+        if not columns:
+            raise XreconError("the table has no coverage_* columns: evaluate(..., interval=[0.5, 0.9, 0.95]) "
+                              "scores intervals")
+        levels = np.array([float(c.removeprefix("coverage_").replace("_", ".")) / 100 for c in columns])
+        rows = source[source["band"] == band] if (source["band"] == band).any() else source
+        for key in ("gap", "gap_size"):
+            if key in rows.columns:
+                rows = rows[rows[key] == "all"]
+        out = {}
+        for method, row in rows.groupby("method", sort=False):
+            values = row[columns].iloc[0].to_numpy(dtype=float)
+            if np.isfinite(values).any():
+                order = np.argsort(levels)
+                out[str(method)] = (levels[order], values[order])
+        if not out:
+            raise XreconError("no method of the table has intervals (only an ensemble gives them)")
+        return out
+    raise XreconError(f"plot_reliability takes an evaluate table, an Ensemble or an ensemble file, got "
+                      f"{type(source).__name__}")
+
+
+def plot_reliability(source: Any, *, band: str = "all", ax: Any = None,
+                     path: str | os.PathLike | None = None) -> Any:
+    """Nominal against observed coverage of intervals: on the diagonal, an interval covers what it claims.
+
+    Parameters
+    ----------
+    source : pandas.DataFrame, Ensemble or path
+        An ``evaluate(..., interval=[...])`` table (its ``coverage_*`` columns, one line per method with
+        intervals), or an ensemble (the coverage measured when it was fitted, at every calibrated level,
+        on the spatial half not used for calibration).
+    band : str
+        A band, or "all" (pooled).
+    ax : matplotlib Axes, optional
+    path : path, optional
+        Also save the figure there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"method": ["ensemble"], "band": ["all"], "coverage_50": [0.48], "coverage_90": [0.91]})
+    >>> fig = plot_reliability(table)
+    """
+    import matplotlib.pyplot as plt
+
+    points = _coverage_points(source, band)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
+    else:
+        fig = ax.figure
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="calibrated")
+    for label, (nominal, observed) in points.items():
+        ax.plot(nominal, observed, "o-", ms=4, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage (interval=)")
+    ax.set_ylabel("observed coverage of hidden observations")
+    ax.set_title("interval reliability" + ("" if band == "all" else f" ({band})"))
+    ax.legend(loc="upper left")
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig

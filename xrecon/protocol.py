@@ -119,7 +119,7 @@ def _sketches(path: str) -> list[tuple[str, leakage.ObservationSketch]]:
         sketch = leakage.sketch_of(read_checkpoint(path).get("metadata"))
     except CheckpointError:
         return []  # fill reports what is wrong with the file
-    return [] if sketch is None else [(os.path.basename(path), sketch)]
+    return [] if sketch is None else [(repr(os.path.basename(path)), sketch)]
 
 
 def check_leaks(checkpoints: Mapping[str, str], hidden: xr.DataArray, *, crs: str, strict: bool = False,

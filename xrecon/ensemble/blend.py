@@ -5,13 +5,16 @@ Weights
 For one band and one gap class, with the members' predictions ``P`` (n, M) of ``n`` hidden observations
 ``y``, the weights minimise
 
-    ||y - P w||^2 + lam ||w - w0||^2   subject to   sum(w) = 1
+    ||y - P w||^2 + lam ||w - w0||^2   subject to   sum(w) = 1, w >= 0
 
-where ``w0`` puts all the weight on the class's best single member (lowest RMSE; the band's best where the
-class has fewer than ``min_class`` samples) and ``lam = shrinkage * d2``, ``d2`` being the mean squared
-spread of the members around their mean: a class with ``n`` samples moves from the best member towards its
-least-squares blend about as ``n / (n + shrinkage)``. Weights summing to one keep the blend in reflectance
-units (a member's constant bias is not "explained" by scaling it).
+where ``w0`` is the band's own blend (the same fit over all its classes, whose ``w0`` puts all the weight
+on the band's best single member, lowest RMSE) and ``lam = shrinkage * d2``, ``d2`` being the mean squared
+spread of the members around their mean: a class with ``n`` samples moves from the band's blend towards
+its own least-squares blend about as ``n / (n + shrinkage)``, and a band with few samples stays near its
+best member. Weights summing to one keep the blend in reflectance
+units (a member's constant bias is not "explained" by scaling it); non-negative ones keep it between its
+members, so that two members which agree almost everywhere (``neighbors`` falls back to ``linear`` far from
+clear pixels) are never extrapolated along their small difference.
 
 Missing members
 ---------------
@@ -98,7 +101,8 @@ def rank_members(P: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def fit_weights(P: np.ndarray, y: np.ndarray, prior: np.ndarray, shrinkage: float) -> np.ndarray:
-    """Sum-to-one weights (M,) of the columns of ``P`` (n, M, finite) for ``y`` (n,), shrunk toward ``prior``.
+    """Non-negative weights (M,) summing to one of the columns of ``P`` (n, M, finite) for ``y`` (n,), shrunk
+    toward ``prior``.
 
     Examples
     --------
@@ -109,43 +113,61 @@ def fit_weights(P: np.ndarray, y: np.ndarray, prior: np.ndarray, shrinkage: floa
     >>> fit_weights(P[:3], truth[:3], np.array([1.0, 0.0]), 1e6).round(3).tolist()  # few samples: the prior
     [1.0, 0.0]
     """
+    from scipy.linalg import cholesky, solve_triangular
+    from scipy.optimize import nnls
+
     n, m = P.shape
     if m == 1:
         return np.ones(1)
-    mean = P.mean(axis=1, keepdims=True)
-    d2 = float(np.mean((P - mean) ** 2)) if n else 0.0
+    d2 = float(np.mean((P - P.mean(axis=1, keepdims=True)) ** 2)) if n else 0.0
     lam = float(shrinkage) * max(d2, 1e-12)
     G = P.T @ P + lam * np.eye(m)
-    b = P.T @ y + lam * prior
-    ones = np.ones(m)
-    try:
-        gb, g1 = np.linalg.solve(G, b), np.linalg.solve(G, ones)
-    except np.linalg.LinAlgError:  # no shrinkage and collinear members: the least-norm solution
-        pinv = np.linalg.pinv(G)
-        gb, g1 = pinv @ b, pinv @ ones
-    mu = (ones @ gb - 1.0) / (ones @ g1)
-    return gb - mu * g1
+    G += 1e-12 * max(np.trace(G) / m, 1e-12) * np.eye(m)  # positive definite even for identical members
+    r = P.T @ y + lam * prior
+    # ||R w - c||^2 is the objective up to a constant (G = R'R); a heavy row makes the weights sum to one,
+    # and non-negative least squares keeps them in the simplex: the blend stays between its members
+    # (stacked regressions, Breiman 1996), so members that agree almost everywhere cannot be extrapolated
+    R = cholesky(G, lower=False)
+    c = solve_triangular(R.T, r, lower=True)
+    big = np.sqrt(1e6 * np.trace(G) / m)
+    w, _ = nnls(np.vstack([R, np.full((1, m), big)]), np.append(c, big))
+    return w / w.sum() if w.sum() > 0 else prior.astype(np.float64)
 
 
 def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shrinkage: float,
              min_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings)."""
+    """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings).
+
+    Two levels: the band's weights over all its classes, shrunk toward its best member; each class's
+    weights, shrunk toward the band's. A class with few observations keeps the band's blend (and a band with
+    few, its best member).
+    """
     n_member = P.shape[0]
     overall = rank_members(P, y)
-    weights = np.zeros((n_class, n_member))
     order = np.tile(overall, (n_class, 1))
     for c in range(n_class):
         idx = np.flatnonzero(cls == c)
         if len(idx) >= min_class:
             order[c] = rank_members(P[:, idx], y[idx])
-        weights[c, order[c, 0]] = 1.0
-        if not len(idx):
-            continue
+
+    def filled_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         part = P[:, idx]
-        filled = np.where(np.isnan(part), best_available(part, np.tile(order[c], (len(idx), 1)))[None, :], part)
+        filled = np.where(np.isnan(part), best_available(part, order[cls[idx]])[None, :], part)
         ok = np.isfinite(filled).all(axis=0) & np.isfinite(y[idx])
-        if ok.any():
-            weights[c] = fit_weights(filled[:, ok].T, y[idx][ok], weights[c].copy(), shrinkage)
+        return filled[:, ok].T, y[idx][ok]
+
+    band = np.zeros(n_member)
+    band[overall[0]] = 1.0
+    rows, target = filled_rows(np.arange(len(y)))
+    if len(target):
+        band = fit_weights(rows, target, band, shrinkage)
+    weights = np.tile(band, (n_class, 1))
+    for c in range(n_class):
+        idx = np.flatnonzero(cls == c)
+        if len(idx):
+            rows, target = filled_rows(idx)
+            if len(target):
+                weights[c] = fit_weights(rows, target, band, shrinkage)
     return weights, order
 
 

@@ -34,8 +34,9 @@ __all__ = [
     "gap_sizes", "sar_in_reach", "sar_near",
 ]
 
-#: Gap-size classes, pixels: next to a clear pixel (1 and 1.41), 2, 3-5, 6-11, 12 and more (or no clear pixel).
-DEFAULT_SIZE_EDGES = (1.5, 3.0, 6.0, 12.0)
+#: Gap-size classes, pixels: next to a clear pixel (1 and 1.41), 2, 3-5, 6-11, 12-23, and 24 or more (or no clear
+#: pixel of the date at all: a whole cloudy date, or a query time that is no optical date).
+DEFAULT_SIZE_EDGES = (1.5, 3.0, 6.0, 12.0, 24.0)
 #: Gap-days classes: days to the pixel's nearest clear observation.
 DEFAULT_DAYS_EDGES = (8.0, 16.0, 32.0, 64.0)
 
@@ -108,7 +109,7 @@ class GapClasses:
     --------
     >>> classes = GapClasses()
     >>> classes.n, classes.label(0), classes.label(classes.n - 1)
-    (25, '<1.5 px, <8 d', '>=12 px, >=64 d')
+    (30, '<1.5 px, <8 d', '>=24 px, >=64 d')
     """
 
     size_edges: tuple[float, ...] = DEFAULT_SIZE_EDGES

@@ -16,7 +16,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
@@ -83,37 +82,45 @@ def _gather(arrays: Mapping[str, xr.DataArray], where: xr.DataArray, rate: float
     """The values of ``arrays`` (time[, band], y, x) where ``where`` (time, y, x) is True (a seeded share
     ``rate`` of them), with their global (time, y, x) indices; band-shaped ones as (n, band).
 
-    Block by block in one dask computation (so the members behind the arrays run once per block).
+    Block by block in one dask array computation, whose tasks are shared: the members behind the arrays
+    run once per block. (Each block wrapped in its own ``dask.delayed`` would be optimised apart, and
+    run every member once per block it feeds.)
     """
+    import dask.array as dsa
+
     where = where.transpose("time", "y", "x")
     ref = next(iter(arrays.values()))
     chunks = ref.chunksizes if ref.chunks is not None else {}
     cy = chunks.get("y", (where.sizes["y"],))
     cx = chunks.get("x", (where.sizes["x"],))
     names = list(arrays)
-    data = []
+    args: list[Any] = []
     for da in [where, *arrays.values()]:
         lead = [d for d in da.dims if d not in ("y", "x")]
         da = da.transpose(*lead, "y", "x")
-        data.append(da.chunk({**{d: -1 for d in lead}, "y": cy, "x": cx}).data)
-    y0, x0 = np.cumsum((0, *cy)), np.cumsum((0, *cx))
+        data = dsa.asarray(da.data).rechunk({**{i: -1 for i in range(len(lead))}, len(lead): cy, len(lead) + 1: cx})
+        args += [data, "".join("tc"[: len(lead)]) + "yx"]
+    for dim, c in (("y", cy), ("x", cx)):  # each block's global indices
+        args += [dsa.arange(sum(c), chunks=(c,)), dim]
 
-    def block(mask: np.ndarray, *values: np.ndarray, ys: int, xs: int) -> dict[str, np.ndarray]:
+    def block(mask: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        *values, gy, gx = rest
         mask = np.asarray(mask, bool)
         t, y, x = np.nonzero(mask)
-        y, x = y + ys, x + xs
+        y, x = gy[y], gx[x]
         keep = hash_uniform(seed, np.int64(_SAMPLE_STREAM), t, y, x) < rate if rate < 1 else slice(None)
         out = {"t": t[keep], "y": y[keep], "x": x[keep]}
         for name, v in zip(names, values, strict=True):
             v = np.asarray(v)
             picked = np.moveaxis(v, 1, -1)[mask] if v.ndim == 4 else v[mask]
             out[name] = picked[keep]
-        return out
+        cell = np.empty((1, 1), dtype=object)
+        cell[0, 0] = out
+        return cell
 
-    call = dask.delayed(block, pure=True)
-    parts = [call(*(d.blocks[(0,) * (d.ndim - 2) + (i, j)] for d in data), ys=int(y0[i]), xs=int(x0[j]))
-             for i in range(len(cy)) for j in range(len(cx))]
-    (parts,) = dask.compute(parts)
+    cells = dsa.blockwise(block, "yx", *args, concatenate=True, dtype=object, meta=np.empty((0, 0), object),
+                          adjust_chunks={"y": 1, "x": 1}).compute()
+    parts = list(cells.ravel())
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -100,7 +100,7 @@ register(
     "ensemble",
     "xrecon.methods.ensemble:fill_ensemble",
     footprint="patch",
-    halo=12,  # the default gap classes' reach; the plan takes the largest of that and its members' halos
+    halo=24,  # the default gap classes' reach; the plan takes the largest of that and its members' halos
     build="xrecon.methods.ensemble:build",
     options=("interval",),
     needs_checkpoint=True,
