@@ -9,6 +9,10 @@ A local write of ``OUT`` works beside it, in the same folder (so the last step i
   the provenance and its fingerprint) and one marker per spatial chunk written (``done/I.J``);
 - ``.OUT.xrecon-old``: only for a moment, an existing store being replaced with ``overwrite=True``.
 
+A store at an fsspec URL (``s3://``, ``gs://``, ``memory://``...) cannot be renamed into place: it is written
+where it is, region by region, with the same record and markers in ``.OUT.xrecon-partial/`` beside it on the
+same filesystem, removed when the last region is written; no lock can be taken there (:class:`NoLockWarning`).
+
 See ``docs/writing.md``.
 """
 
@@ -24,7 +28,9 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ __all__ = [
     "source_fingerprint",
     "OutputLockedError",
     "ResumeMismatchError",
+    "NoLockWarning",
 ]
 
 LOCK_SUFFIX = "xrecon-lock"
@@ -60,6 +67,10 @@ class ResumeMismatchError(XreconError):
     """``resume=True`` found an interrupted write of another computation."""
 
 
+class NoLockWarning(UserWarning):
+    """A write to a URL: no lock can be taken there, so a second writer at the same time is not refused."""
+
+
 def open_cube(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
     """Open a cube lazily: a Zarr store (directory or URL) or a netCDF file.
 
@@ -71,31 +82,56 @@ def open_cube(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
         Dask chunks; by default the store's own chunks (Zarr) or one chunk per variable (netCDF).
     """
     text = os.fspath(path)
-    is_remote = "://" in text
-    if not is_remote and not os.path.exists(text):
+    partial = _remote_partial(text) if "://" in text else None
+    if partial is not None and _is_local(partial.fs):
+        text, partial = partial.store_path, None  # file://
+    if partial is None and not os.path.exists(text):
         raise CubeError(f"input cube {text!r} does not exist; expected a Zarr store or a netCDF file")
     if text.endswith((".nc", ".nc4", ".h5", ".hdf5")):
         return xr.open_dataset(text, chunks=chunks if chunks is not None else {})
-    kwargs: dict[str, Any] = {}
-    if not is_remote:
-        kwargs["consolidated"] = _has_consolidated(Path(text))
+    if partial is not None and _quietly(lambda: partial.exists(_RECORD)):
+        raise CubeError(
+            f"{text!r} holds an unfinished xrecon write (its record {partial.folder!r} is still beside it); expected "
+            "a complete store: finish it with write_zarr(..., resume=True) (xrecon fill ... --resume)"
+        )
+    store = Path(text) if partial is None else partial
     try:
-        return xr.open_zarr(text, chunks=chunks if chunks is not None else {}, **kwargs)
+        return xr.open_zarr(text, chunks=chunks if chunks is not None else {}, consolidated=_has_consolidated(store))
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise CubeError(f"cannot open {text!r} as a Zarr store ({err})") from None
 
 
-def _has_consolidated(path: Path) -> bool | None:
-    """Whether a local store has consolidated metadata (None: let xarray find out)."""
-    if (path / ".zmetadata").is_file():
+def _quietly(check: Callable[[], bool]) -> bool:
+    """A check of a remote store that may fail (no credentials for a listing): False then."""
+    try:
+        return bool(check())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _has_consolidated(store: Path | _Partial) -> bool | None:
+    """Whether a store (a local path, or the store of a remote write) has consolidated metadata (None: let
+    xarray find out)."""
+    if isinstance(store, Path):
+        def exists(name: str) -> bool:
+            return (store / name).is_file()
+
+        def read(name: str) -> str:
+            return (store / name).read_text()
+    else:
+        def exists(name: str) -> bool:
+            return _quietly(lambda: store.fs.isfile(f"{store.store_path}/{name}"))
+
+        def read(name: str) -> str:
+            return store.fs.cat(f"{store.store_path}/{name}").decode()
+    if exists(".zmetadata"):
         return True
-    meta = path / "zarr.json"
-    if meta.is_file():
+    if exists("zarr.json"):
         try:
-            return json.loads(meta.read_text()).get("consolidated_metadata") is not None
+            return json.loads(read("zarr.json")).get("consolidated_metadata") is not None
         except (OSError, ValueError):
             return None
-    return None if not (path / ".zgroup").is_file() else False
+    return None if not exists(".zgroup") else False
 
 
 # -- what a write is: encodings, provenance ------------------------------------------------------------
@@ -330,6 +366,111 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+# -- where a write keeps its store and its markers ----------------------------------------------------
+
+
+@dataclass
+class _Partial:
+    """Where a write keeps its store, its record (``xrecon-partial.json``) and its markers.
+
+    The markers are ``init.done`` (the metadata is written), ``done/I.J`` (one per region written, made after
+    its data), ``active/I.J.PID`` (a region being written) and ``cancelled`` (a failed write calling the
+    others off). ``folder`` is the hidden ``.OUT.xrecon-partial`` beside ``OUT``. Local (``fs`` None): the store
+    is ``folder/data.zarr``, renamed to ``OUT`` when complete. At a URL (``fs`` an fsspec filesystem): the
+    store is ``OUT`` itself, which object storage cannot rename (``store_path`` its path on ``fs``), and the
+    store is complete when ``folder`` is gone. The markers are beside the store rather than in it: zarr warns
+    about every key it does not know in a store, and consolidated metadata would list them.
+    """
+
+    folder: str
+    store: str
+    fs: Any = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    store_path: str = ""
+
+    def _path(self, name: str) -> str:
+        return f"{self.folder}/{name}" if name else self.folder
+
+    def exists(self, name: str = "") -> bool:
+        return os.path.exists(self._path(name)) if self.fs is None else bool(self.fs.exists(self._path(name)))
+
+    def touch(self, name: str) -> None:
+        if self.fs is None:
+            Path(self._path(name)).touch()
+        else:
+            self.fs.pipe(self._path(name), b"")
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.fs is None:
+                os.unlink(self._path(name))
+            else:
+                self.fs.rm(self._path(name))
+
+    def names(self, name: str) -> set[str]:
+        """The markers in one of the folders; FileNotFoundError when the local folder is gone."""
+        if self.fs is None:
+            return {p.name for p in Path(self._path(name)).iterdir()}
+        try:
+            return {str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._path(name), detail=False)}
+        except FileNotFoundError:
+            return set()
+
+    def read_record(self) -> dict[str, Any] | None:
+        """The record: None when there is none, {} when it does not read."""
+        if self.fs is None:
+            return _read_json(Path(self._path(_RECORD)))
+        try:
+            return json.loads(self.fs.cat(self._path(_RECORD)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def write_record(self, fingerprint: str, provenance: Mapping[str, Any]) -> None:
+        text = json.dumps({"fingerprint": fingerprint, "provenance": provenance}, sort_keys=True, indent=1,
+                          default=str)
+        if self.fs is None:
+            Path(self._path(_RECORD)).write_text(text)
+        else:
+            self.fs.pipe(self._path(_RECORD), text.encode())
+
+    def start(self, key: str) -> str | None:
+        """Say that region ``key`` is being written; None when the write was called off and cleaned."""
+        active = f"active/{key}.{os.getpid()}"
+        if self.fs is None:
+            try:
+                Path(self._path(active)).touch(exist_ok=False)
+            except FileNotFoundError:
+                return None
+        else:
+            if not self.fs.exists(self._path(_RECORD)):
+                return None
+            self.fs.pipe(self._path(active), b"")
+        return active
+
+    def reset_store(self) -> None:
+        """Remove what an interrupted initialisation left of the store."""
+        if self.fs is None:
+            shutil.rmtree(self.store, ignore_errors=True)
+        elif self.fs.exists(self.store_path):
+            self.fs.rm(self.store_path, recursive=True)
+
+    @property
+    def zarr_kwargs(self) -> dict[str, Any]:
+        return {"storage_options": self.storage_options} if self.storage_options else {}
+
+
+def _remote_partial(url: str, storage_options: Mapping[str, Any] | None = None) -> _Partial:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(url, **dict(storage_options or {}))
+    root = root.rstrip("/")
+    parent, _, name = root.rpartition("/")
+    return _Partial(folder=f"{parent}/.{name}.{PARTIAL_SUFFIX}", store=url, fs=fs,
+                    storage_options=dict(storage_options or {}), store_path=root)
+
+
 # -- the write -----------------------------------------------------------------------------------------
 
 
@@ -353,10 +494,13 @@ def write_zarr(
     ----------
     ds : xarray.Dataset
     path : str or path-like
-        The store. Remote URLs (``s3://...``) are written directly, refusing to overwrite unless asked
-        (no lock, no resume).
+        The store: a local path, or an fsspec URL (``s3://...``, ``gs://...``, ``memory://...``). A store at a
+        URL is written in place, region by region, with its markers beside it (``.OUT.xrecon-partial/``,
+        removed at the end), so that ``resume=True`` works there too; no lock can be taken on it
+        (:class:`NoLockWarning`), and ``overwrite=True`` removes the old store first. ``file://`` URLs are
+        local paths.
     overwrite : bool
-        Replace an existing store (only after the new one is complete).
+        Replace an existing store (locally: only after the new one is complete).
     resume : bool
         Continue an interrupted write of the same computation (same provenance: the result's attrs,
         variables and coordinates, and ``source``), writing only the chunks not yet written; a partial
@@ -367,15 +511,16 @@ def write_zarr(
     source : path, Dataset or mapping, optional
         The input of the computation, recorded and compared on resume (see :func:`source_fingerprint`).
     **to_zarr_kwargs
-        Passed to :meth:`xarray.Dataset.to_zarr`; ``zarr_format`` is 2 unless given, ``consolidated``
-        is True for format 2 and False for format 3 (consolidated metadata is not part of its spec).
+        Passed to :meth:`xarray.Dataset.to_zarr` (``storage_options`` to fsspec too); ``zarr_format`` is 2
+        unless given, ``consolidated`` is True for format 2 and False for format 3 (consolidated metadata is
+        not part of its spec).
 
     Raises
     ------
     OutputExistsError
         ``path`` exists (or appeared during the write) and ``overwrite`` is False.
     OutputLockedError
-        Another live process is writing ``path``.
+        Another live process is writing ``path`` (local paths).
     ResumeMismatchError
         ``resume=True`` and the interrupted write at ``path`` is of another computation.
 
@@ -399,11 +544,12 @@ def write_zarr(
         raise XreconError("output path is empty; expected a path to a Zarr store")
     ctx = _progress() if progress else contextlib.nullcontext()
     if "://" in text:
-        if resume:
-            raise XreconError(f"resume is for local paths; got {text!r}")
-        with ctx:
-            ds.to_zarr(text, mode="w" if overwrite else "w-", zarr_format=zarr_format, **to_zarr_kwargs)
-        return text
+        storage_options = to_zarr_kwargs.pop("storage_options", None) or {}
+        partial = _remote_partial(text, storage_options)
+        if not _is_local(partial.fs):
+            return _write_remote(ds, partial, overwrite=overwrite, resume=resume, source=source,
+                                 zarr_format=zarr_format, to_zarr_kwargs=to_zarr_kwargs, ctx=ctx)
+        text = partial.store_path  # file:// is a local path, with the local guarantees
 
     target = Path(text).absolute()
     if target.exists() and not (overwrite or resume):
@@ -414,7 +560,7 @@ def write_zarr(
     with _locked(target):
         _recover_swap(target)
         if target.exists():
-            if resume and _store_fingerprint(target) == fingerprint and not overwrite:
+            if resume and _store_fingerprint(str(target)) == fingerprint and not overwrite:
                 return target  # written completely by an earlier run of the same computation
             if not overwrite:
                 raise OutputExistsError(
@@ -422,16 +568,14 @@ def write_zarr(
                     "path (or pass overwrite=True)"
                 )
         work = target.with_name(f".{target.name}.{PARTIAL_SUFFIX}")
-        done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
-        ds = ds.assign_attrs(xrecon_write_fingerprint=fingerprint)
-        if provenance["source"]:
-            ds = ds.assign_attrs(xrecon_write_source=json.dumps(provenance["source"], sort_keys=True, default=str))
+        partial, done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
+        ds = _with_fingerprint(ds, fingerprint, provenance)
         try:
             with ctx:
-                _write_regions(ds, work, done, zarr_format, to_zarr_kwargs)
-            _swap_in(work / "data.zarr", target, overwrite=overwrite)
+                _write_regions(ds, partial, done, zarr_format, to_zarr_kwargs)
+            _swap_in(Path(partial.store), target, overwrite=overwrite)
         except BaseException:
-            _cancel_and_wait(work)
+            _cancel_and_wait(partial)
             if not resume:
                 shutil.rmtree(work, ignore_errors=True)
             raise
@@ -439,10 +583,86 @@ def write_zarr(
     return target
 
 
-def _store_fingerprint(target: Path) -> str | None:
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _with_fingerprint(ds: xr.Dataset, fingerprint: str, provenance: Mapping[str, Any]) -> xr.Dataset:
+    ds = ds.assign_attrs(xrecon_write_fingerprint=fingerprint)
+    if provenance["source"]:
+        ds = ds.assign_attrs(xrecon_write_source=json.dumps(provenance["source"], sort_keys=True, default=str))
+    return ds
+
+
+def _write_remote(ds: xr.Dataset, partial: _Partial, *, overwrite: bool, resume: bool, source: Any,
+                  zarr_format: int, to_zarr_kwargs: dict[str, Any], ctx: Any) -> str:
+    """A store at a URL: written in place, region by region, its record and markers inside it."""
+    url, fs, root = partial.store, partial.fs, partial.store_path
+    warnings.warn(
+        f"{url!r} is written without a lock: object storage (fsspec) offers no atomic create-if-absent, so a "
+        "second writer to the same URL at the same time is not refused and would mix its chunks into this "
+        "store; make sure that one job at a time writes it. The store is complete when "
+        f"{partial.folder!r} is gone",
+        NoLockWarning, stacklevel=3,
+    )
+    provenance = {**_provenance(ds, source, zarr_format), "store": "fsspec"}
+    fingerprint = _fingerprint(provenance)
+    record = partial.read_record()
+    entries = fs.ls(root, detail=False) if fs.exists(root) else []
+    done: set[str] = set()
+    fresh = True
+    if record is not None:  # an unfinished xrecon write
+        if resume and record.get("fingerprint") == fingerprint:
+            fresh = False
+            partial.remove("cancelled")  # a clean-up killed half-way
+            done = partial.names("done") if partial.exists("init.done") else set()
+        elif resume:
+            changed = _differences(record.get("provenance", {}), provenance)
+            raise ResumeMismatchError(
+                f"cannot resume {url!r}: the unfinished write there is of another computation (it differs in "
+                f"{', '.join(changed) or 'provenance'}); pass overwrite=True to remove it and start again"
+            )
+        elif not overwrite:
+            raise OutputExistsError(
+                f"{url!r} holds an unfinished xrecon write, of an earlier run or of one still running (no lock "
+                "tells them apart on object storage); pass resume=True to continue it, or overwrite=True to "
+                "remove it and start again"
+            )
+    elif entries:
+        if resume and not overwrite and _store_fingerprint(url, partial.storage_options) == fingerprint:
+            return url  # written completely by an earlier run of the same computation
+        if not overwrite:
+            raise OutputExistsError(f"output {url!r} exists; expected a new URL (or pass overwrite=True, which "
+                                    "removes it before writing: a store at a URL cannot be swapped atomically)")
+    if fresh:
+        for old in (root, partial.folder):
+            if fs.exists(old):
+                fs.rm(old, recursive=True)
+        partial.write_record(fingerprint, provenance)
+    ds = _with_fingerprint(ds, fingerprint, provenance)
     try:
-        with xr.open_zarr(target, consolidated=_has_consolidated(target)) as existing:
-            return existing.attrs.get("xrecon_write_fingerprint")
+        with ctx:
+            _write_regions(ds, partial, done, zarr_format, to_zarr_kwargs)
+        fs.rm(partial.folder, recursive=True)  # the last step: the store is complete
+    except BaseException:
+        _cancel_and_wait(partial)
+        if not resume:
+            for path in (root, partial.folder):
+                with contextlib.suppress(OSError):
+                    fs.rm(path, recursive=True)
+        raise
+    return url
+
+
+def _store_fingerprint(store: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    import zarr
+
+    try:
+        group = zarr.open_group(store, mode="r", **({"storage_options": dict(storage_options)}
+                                                    if storage_options else {}))
+        return group.attrs.get("xrecon_write_fingerprint")
     except Exception:  # noqa: BLE001  (anything that does not open is not ours)
         return None
 
@@ -459,8 +679,9 @@ def _recover_swap(target: Path) -> None:
 
 
 def _open_partial(work: Path, provenance: dict[str, Any], fingerprint: str, *, resume: bool,
-                  target: Path) -> set[str]:
+                  target: Path) -> tuple[_Partial, set[str]]:
     """The partial folder to write into, and the chunks it already holds (only when resuming)."""
+    partial = _Partial(folder=str(work), store=str(work / "data.zarr"))
     if os.path.lexists(work):
         if not work.is_dir() or (_read_json(work / _RECORD) is None and any(work.iterdir())):
             raise XreconError(
@@ -477,14 +698,14 @@ def _open_partial(work: Path, provenance: dict[str, Any], fingerprint: str, *, r
             )
         if resume and record.get("fingerprint") == fingerprint and (work / "init.done").exists():
             (work / "active").mkdir(exist_ok=True)
-            return {p.name for p in (work / "done").iterdir()}
+            partial.remove("cancelled")  # a clean-up killed half-way
+            return partial, partial.names("done")
         shutil.rmtree(work)  # a dead writer's partial store (we hold the lock): start again
     work.mkdir()
-    (work / _RECORD).write_text(json.dumps({"fingerprint": fingerprint, "provenance": provenance},
-                                           sort_keys=True, indent=1, default=str))
+    partial.write_record(fingerprint, provenance)
     (work / "done").mkdir()
     (work / "active").mkdir()
-    return set()
+    return partial, set()
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -522,12 +743,17 @@ def _grid(ds: xr.Dataset) -> dict[str, tuple[int, ...]]:
     return grid
 
 
-def _write_regions(ds: xr.Dataset, work: Path, done: set[str], zarr_format: int,
-                   to_zarr_kwargs: Mapping[str, Any]) -> None:
-    """Initialise the store's metadata, then write each spatial chunk not yet done and record it."""
+def _write_regions(ds: xr.Dataset, partial: _Partial, done: set[str], zarr_format: int,
+                   to_zarr_kwargs: Mapping[str, Any], *, split: Iterable[str] = ()) -> None:
+    """Initialise the store's metadata, then write each spatial chunk not yet done and record it.
+
+    The store is chunked like the spatial grid, whole along the other dimensions except those in ``split``,
+    stored one index per chunk (so that one date can be read back without the others).
+    """
     import dask
 
     grid = _grid(ds)
+    split = set(split)
     spatial = [name for name, var in ds.variables.items() if set(var.dims) & set(grid)]
     index = [d for d in grid if d in ds.indexes]
     chunked = ds.copy()
@@ -539,14 +765,14 @@ def _write_regions(ds: xr.Dataset, work: Path, done: set[str], zarr_format: int,
         if name in index:
             continue
         var = ds.variables[name]
-        var = var.chunk({d: (grid[d] if d in grid else -1) for d in var.dims})
+        var = var.chunk({d: (grid[d] if d in grid else 1 if d in split else -1) for d in var.dims})
         chunked = chunked.assign_coords({name: var}) if name in ds.coords else chunked.assign({name: var})
-    store = work / "data.zarr"
-    if not (work / "init.done").exists():
-        shutil.rmtree(store, ignore_errors=True)
+    if not partial.exists("init.done"):
+        partial.reset_store()
         # numpy-backed variables (the indexes, time, band, the CRS) are written now, the chunked ones not
-        chunked.to_zarr(store, mode="w-", compute=False, zarr_format=zarr_format, **to_zarr_kwargs)
-        (work / "init.done").write_text("")
+        chunked.to_zarr(partial.store, mode="w-", compute=False, zarr_format=zarr_format, **partial.zarr_kwargs,
+                        **to_zarr_kwargs)
+        partial.touch("init.done")
     writes = []
     names = [n for n in spatial if n not in index]
     dims = {n: ds.variables[n].dims for n in names}
@@ -565,61 +791,58 @@ def _write_regions(ds: xr.Dataset, work: Path, done: set[str], zarr_format: int,
             blocks = {n: chunked.variables[n].isel({d: s for d, s in region.items() if d in dims[n]}).data
                       for n in names}
             writes.append(dask.delayed(_write_region, pure=False)(
-                str(work), key, (i, j), region, dims, blocks, zarr_format,
+                partial, key, (i, j), region, dims, blocks, zarr_format,
             ))
     if writes:
         dask.compute(*writes)
-    missing = [f"{i}.{j}" for i in range(ny) for j in range(nx) if not (work / "done" / f"{i}.{j}").exists()]
+    written = partial.names("done")
+    missing = [f"{i}.{j}" for i in range(ny) for j in range(nx) if f"{i}.{j}" not in written]
     if names and missing:
-        raise XreconError(f"write of {str(store)!r} ended without chunks {missing[:5]}; run again with resume")
+        raise XreconError(f"write of {partial.store!r} ended without chunks {missing[:5]}; run again with resume")
 
 
-def _write_region(work: str, key: str, ij: tuple[int, int], region: dict[str, slice],
+def _write_region(partial: _Partial, key: str, ij: tuple[int, int], region: dict[str, slice],
                   dims: Mapping[str, tuple], blocks: Mapping[str, np.ndarray], zarr_format: int) -> None:
     """One task: write one spatial chunk of every variable with a region write, then record it."""
-    folder = Path(work)
-    active = folder / "active" / f"{key}.{os.getpid()}"
     # first say we are writing, then look whether the write was called off: a cleaner that calls it off
     # waits for every chunk that said so first, and every later one sees the call-off
-    try:
-        active.touch(exist_ok=False)
-    except FileNotFoundError:
+    active = partial.start(key)
+    if active is None:
         return  # the partial folder is gone: the write was called off and cleaned
     try:
-        if (folder / "cancelled").exists():
+        if partial.exists("cancelled"):
             return
         part = xr.Dataset({n: (dims[n], np.asarray(b)) for n, b in blocks.items()})
         region = {d: s for d, s in region.items() if d in part.dims}
-        part.to_zarr(folder / "data.zarr", mode="r+", region=region, zarr_format=zarr_format, consolidated=False)
-        (folder / "done" / key).touch()
+        part.to_zarr(partial.store, mode="r+", region=region, zarr_format=zarr_format, consolidated=False,
+                     **partial.zarr_kwargs)
+        partial.touch(f"done/{key}")
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            active.unlink()
+        partial.remove(active)
     if _REGION_HOOK is not None:
         _REGION_HOOK(*ij)
 
 
-def _cancel_and_wait(work: Path) -> None:
+def _cancel_and_wait(partial: _Partial) -> None:
     """Call off a failed write and wait for the chunk writes still running (dask threads, processes)."""
-    if not work.is_dir():
+    if not partial.exists():
         return
     with contextlib.suppress(OSError):
-        (work / "cancelled").touch()
+        partial.touch("cancelled")
     deadline = time.monotonic() + _CLEANUP_WAIT_S
     while time.monotonic() < deadline:
         try:
-            running = [p for p in (work / "active").iterdir() if _pid_of(p) is None or _pid_alive(_pid_of(p))]
+            running = [n for n in partial.names("active") if _pid_of(n) is None or _pid_alive(_pid_of(n))]
         except FileNotFoundError:
             return
         if not running:
             break
         time.sleep(0.02)
-    with contextlib.suppress(FileNotFoundError):
-        (work / "cancelled").unlink()
+    partial.remove("cancelled")
 
 
-def _pid_of(marker: Path) -> int | None:
-    tail = marker.name.rsplit(".", 1)[-1]
+def _pid_of(marker: str) -> int | None:
+    tail = marker.rsplit(".", 1)[-1]
     return int(tail) if tail.isdigit() else None
 
 
