@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from xrecon.errors import CubeError, OutputExistsError, XreconError
@@ -42,6 +43,7 @@ from xrecon.errors import CubeError, OutputExistsError, XreconError
 __all__ = [
     "open_cube",
     "write_zarr",
+    "write_cog",
     "source_fingerprint",
     "OutputLockedError",
     "ResumeMismatchError",
@@ -878,6 +880,309 @@ def _swap_in(store: Path, target: Path, *, overwrite: bool) -> None:
             _rename_noreplace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# -- Cloud-Optimized GeoTIFFs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CogFile:
+    """One GeoTIFF of a ``write_cog``: a variable at one index of its time dimension (or time-less)."""
+
+    name: str
+    variable: str
+    time_dim: str | None = None
+    index: int | None = None
+    time: str | None = None
+    band_dim: str | None = None
+
+
+def _cog_plan(ds: xr.Dataset, variables: Iterable[str] | None) -> list[_CogFile]:
+    """The files of a ``write_cog``: names, and what goes in each."""
+    if not isinstance(ds, xr.Dataset):
+        raise XreconError(f"write_cog expects an xarray.Dataset, got {type(ds).__name__}")
+    if variables is None:
+        names = [str(n) for n, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims)]
+    else:
+        names = [variables] if isinstance(variables, str) else [str(v) for v in variables]
+        unknown = [n for n in names if n not in ds.data_vars]
+        if unknown:
+            raise XreconError(f"write_cog(variables={names}): {unknown} not in the dataset; expected some of "
+                              f"{sorted(map(str, ds.data_vars))}")
+    if not names:
+        raise XreconError(f"write_cog: no variable with 'y' and 'x' dimensions in {sorted(map(str, ds.data_vars))}")
+    plan = []
+    for name in names:
+        if os.sep in name or "/" in name or name.startswith("."):
+            raise XreconError(f"variable {name!r} cannot name a file; rename it before write_cog")
+        var = ds[name]
+        if not {"y", "x"} <= set(var.dims):
+            raise XreconError(f"variable {name!r} has dims {tuple(map(str, var.dims))}; a GeoTIFF needs 'y' and 'x'")
+        others = [str(d) for d in var.dims if d not in ("y", "x")]
+        times = [d for d in others if d in var.coords and np.issubdtype(var[d].dtype, np.datetime64)]
+        bands = [d for d in others if d not in times]
+        if len(times) > 1 or len(bands) > 1:
+            raise XreconError(
+                f"variable {name!r} has dims {tuple(map(str, var.dims))}; write_cog writes (time, band, y, x), "
+                "(time, y, x), (band, y, x) or (y, x): select the others away first"
+            )
+        band = bands[0] if bands else None
+        if not times:
+            plan.append(_CogFile(f"{name}.tif", name, band_dim=band))
+            continue
+        stamps = pd.DatetimeIndex(var[times[0]].values)
+        text = stamps.strftime("%Y-%m-%d")
+        if text.has_duplicates:  # two query times on one day: the time of day in every name of this variable
+            text = stamps.strftime("%Y-%m-%dT%H%M%S")
+        if text.has_duplicates:
+            raise XreconError(f"variable {name!r}: two {times[0]!r} values in one second; expected distinct times")
+        plan += [_CogFile(f"{name}_{t}.tif", name, times[0], k, stamps[k].isoformat(), band)
+                 for k, t in enumerate(text)]
+    return plan
+
+
+def write_cog(
+    ds: xr.Dataset,
+    directory: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    source: Any = None,
+    variables: Iterable[str] | None = None,
+    compress: str = "deflate",
+    blocksize: int = 512,
+    overviews: bool = True,
+) -> Path:
+    """Compute a dataset and write one Cloud-Optimized GeoTIFF per variable and time, all or nothing.
+
+    ``optical`` at 2020-03-01 becomes ``DIRECTORY/optical_2020-03-01.tif``, its bands in the cube's band order
+    with the band names as band descriptions; ``observed`` and ``gap_days``, without a band axis, one band
+    each (``observed`` as 0/1 bytes). When two times of a variable fall on one day, all its files are named
+    with the time of day too (``optical_2020-03-01T120000.tif``); a variable without a time axis is
+    ``NAME.tif``. Float data carry NaN as nodata; every file has the dataset's CRS and transform, tiles of
+    ``blocksize`` pixels, ``compress`` compression, overviews, and the provenance in its metadata tags (the
+    dataset's attrs, ``variable``, ``time``).
+
+    The dataset is computed once, spatial chunk by spatial chunk, into a hidden Zarr store beside
+    ``DIRECTORY`` (the same writer, lock and markers as :func:`write_zarr`, so ``resume=True`` continues an
+    interrupted write), then each GeoTIFF is written from it. A new ``DIRECTORY`` appears in one rename,
+    complete; into an existing one the files are moved one by one once all are written, and none that is
+    there is replaced unless ``overwrite=True`` (other files are left alone).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        E.g. a ``fill`` result; variables need ``y`` and ``x`` (others are skipped unless named).
+    directory : str or path-like
+        A local folder (created if needed).
+    overwrite : bool
+        Replace files of the same names.
+    resume : bool
+        Continue an interrupted write of the same computation (see :func:`write_zarr`).
+    progress : bool
+        Show a progress bar while computing.
+    source : path, Dataset or mapping, optional
+        The input of the computation, recorded and compared on resume.
+    variables : list of str, optional
+        The variables to write; default every one with ``y`` and ``x``.
+    compress : str
+        GDAL compression (``deflate``, ``zstd``, ``lzw``, ``none``...), with the predictor suited to the type.
+    blocksize : int
+        Tile size in pixels: a multiple of 16 (GDAL advises at least 128).
+    overviews : bool
+        Add overviews (averages for float data, nearest for integers and masks) down to one tile.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+
+    Raises
+    ------
+    OutputExistsError
+        One of the files exists (or appeared during the write) and ``overwrite`` is False.
+    OutputLockedError
+        Another live process is writing ``directory``.
+
+    Examples
+    --------
+    >>> import tempfile, rioxarray
+    >>> from xrecon.testing import synthetic_cube
+    >>> out = synthetic_cube(ny=16, nx=16, start="2020-01-01", end="2020-01-31").recon.fill("2020-01-15")
+    >>> folder = write_cog(out, Path(tempfile.mkdtemp()) / "cogs")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['observed_2020-01-15.tif', 'optical_2020-01-15.tif']
+    >>> rioxarray.open_rasterio(folder / "optical_2020-01-15.tif").attrs["long_name"]
+    ('B02', 'B03', 'B04', 'B08')
+    """
+    text = os.fspath(directory)
+    if not text or "://" in text:
+        raise XreconError(f"write_cog writes into a local folder; got {text!r} (write Zarr to URLs with write_zarr)")
+    if int(blocksize) % 16 or int(blocksize) < 16:
+        raise XreconError(f"blocksize={blocksize}: expected a multiple of 16 (256, 512...)")
+    plan = _cog_plan(ds, variables)
+    target = Path(text).absolute()
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"output {text!r} exists and is not a folder; expected a folder for the GeoTIFFs")
+    options = {"compress": str(compress).lower(), "blocksize": int(blocksize), "overviews": bool(overviews)}
+    selected = _clean_encoding(ds[list(dict.fromkeys(f.variable for f in plan))], 2)
+    provenance = {**_provenance(selected, source, 2), "format": "cog", "cog": options}
+    fingerprint = _fingerprint(provenance)
+    if not (overwrite or resume):
+        _refuse_existing(target, plan)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ctx = _progress() if progress else contextlib.nullcontext()
+    with _locked(target):
+        if not overwrite and _cogs_fingerprint(target, plan) == fingerprint and resume:
+            return target  # written completely by an earlier run of the same computation
+        if not overwrite:
+            _refuse_existing(target, plan)
+        work = target.with_name(f".{target.name}.{PARTIAL_SUFFIX}")
+        partial, done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
+        times = sorted({f.time_dim for f in plan if f.time_dim})
+        try:
+            with ctx:
+                _write_regions(selected, partial, done, 2, {"consolidated": True}, split=times)
+            files = work / "cog"
+            shutil.rmtree(files, ignore_errors=True)
+            files.mkdir()
+            _write_geotiffs(Path(partial.store), selected, plan, files, {**_tags(selected), "xrecon_write_fingerprint":
+                                                                         fingerprint}, options)
+            _move_in(files, target, [f.name for f in plan], overwrite=overwrite)
+        except BaseException:
+            _cancel_and_wait(partial)
+            if not resume:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _refuse_existing(target: Path, plan: list[_CogFile]) -> None:
+    there = [f.name for f in plan if os.path.lexists(target / f.name)]
+    if there:
+        raise OutputExistsError(
+            f"{len(there)} of the {len(plan)} files exist in {str(target)!r} ({', '.join(there[:3])}"
+            f"{', ...' if len(there) > 3 else ''}); expected none of them there (or pass overwrite=True)"
+        )
+
+
+def _cogs_fingerprint(target: Path, plan: list[_CogFile]) -> str | None:
+    """The fingerprint all the files of ``plan`` in ``target`` share, or None."""
+    import rasterio
+
+    found = set()
+    for f in plan:
+        try:
+            with rasterio.open(target / f.name) as src:
+                found.add(src.tags().get("xrecon_write_fingerprint"))
+        except (OSError, rasterio.errors.RasterioError):
+            return None
+    return found.pop() if len(found) == 1 else None
+
+
+def _tags(ds: xr.Dataset) -> dict[str, str]:
+    """The dataset's attrs as GeoTIFF metadata: strings as they are, anything else as JSON."""
+    out = {}
+    for key, value in ds.attrs.items():
+        if str(key).startswith("xrecon_write"):
+            continue
+        value = _jsonable(value)
+        out[str(key)] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return out
+
+
+def _write_geotiffs(store: Path, ds: xr.Dataset, plan: list[_CogFile], folder: Path, tags: Mapping[str, str],
+                    options: Mapping[str, Any]) -> None:
+    """Each file of ``plan`` from the computed store: a tiled GeoTIFF written window by window, then a COG."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rioxarray  # noqa: F401  (the .rio accessor)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in rioxarray
+        crs, transform = ds.rio.crs, ds.rio.transform(recalc=True)
+    if crs is None:
+        warnings.warn("write_cog: the dataset has no CRS (rioxarray's spatial_ref); the GeoTIFFs get the "
+                      "transform from its x/y coordinates but no CRS", UserWarning, stacklevel=3)
+    grid = _grid(ds)
+    computed = xr.open_zarr(store, chunks=None, consolidated=True)
+
+    def one(f: _CogFile) -> None:
+        var = computed[f.variable]
+        if f.time_dim is not None:
+            var = var.isel({f.time_dim: f.index})
+        labels = [str(b) for b in ds[f.variable][f.band_dim].values] if f.band_dim else [f.variable]
+        own = {k: v for k, v in ds[f.variable].attrs.items() if isinstance(v, str) and k != "grid_mapping"}
+        _geotiff(var.transpose(*([f.band_dim] if f.band_dim else []), "y", "x"), folder / f.name, labels, crs,
+                 transform, grid, {**tags, **own, "variable": f.variable, **({"time": f.time} if f.time else {})},
+                 options)
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(one, f) for f in plan]:
+            future.result()
+
+
+def _geotiff(var: xr.DataArray, path: Path, labels: list[str], crs: Any, transform: Any,
+             grid: Mapping[str, tuple[int, ...]], tags: Mapping[str, str], options: Mapping[str, Any]) -> None:
+    import rasterio
+    import rasterio.shutil
+    from rasterio.windows import Window
+
+    dtype = np.dtype("uint8") if var.dtype == bool else np.dtype("float32") if var.dtype == np.float16 else var.dtype
+    floating = np.issubdtype(dtype, np.floating)
+    count, (ny, nx) = (var.shape[0] if var.ndim == 3 else 1), var.shape[-2:]
+    size = options["blocksize"]
+    plain = path.with_name(f".{path.name}.tiled")
+    profile = {"driver": "GTiff", "width": nx, "height": ny, "count": count, "dtype": dtype.name, "crs": crs,
+               "transform": transform, "nodata": np.nan if floating else None, "tiled": True,
+               "blockxsize": size, "blockysize": size, "BIGTIFF": "IF_SAFER"}
+    with rasterio.open(plain, "w", **profile) as out:
+        out.descriptions = tuple(labels)
+        out.update_tags(**tags)
+        ys = np.cumsum((0, *grid.get("y", (ny,))))
+        xs = np.cumsum((0, *grid.get("x", (nx,))))
+        for y0, y1 in zip(ys[:-1], ys[1:], strict=True):
+            for x0, x1 in zip(xs[:-1], xs[1:], strict=True):
+                block = np.asarray(var.isel(y=slice(y0, y1), x=slice(x0, x1)).values).astype(dtype)
+                out.write(block.reshape(count, y1 - y0, x1 - x0), window=Window(x0, y0, x1 - x0, y1 - y0))
+    cog = {"driver": "COG", "COMPRESS": options["compress"].upper(), "BLOCKSIZE": size, "BIGTIFF": "IF_SAFER",
+           "OVERVIEWS": "AUTO" if options["overviews"] else "NONE",
+           "OVERVIEW_RESAMPLING": "AVERAGE" if floating else "NEAREST"}
+    if options["compress"] in ("deflate", "lzw", "zstd"):
+        cog["PREDICTOR"] = "YES"  # 3 (floating point) for floats, 2 for integers
+    try:
+        rasterio.shutil.copy(plain, path, **cog)
+    finally:
+        plain.unlink()
+
+
+def _move_in(files: Path, target: Path, names: list[str], *, overwrite: bool) -> None:
+    """The written files into ``target``: the whole folder in one rename when it is new, else one by one."""
+    if not os.path.lexists(target):
+        try:
+            _rename_noreplace(files, target)
+            return
+        except FileExistsError:
+            pass  # made meanwhile: move the files into it
+    moved: list[str] = []
+    try:
+        for name in names:
+            if overwrite:
+                os.replace(files / name, target / name)
+            else:
+                _rename_noreplace(files / name, target / name)
+                moved.append(name)
+    except FileExistsError as err:
+        for name in moved:  # ours, just moved: take them back, so that the write is all or nothing
+            with contextlib.suppress(OSError):
+                os.rename(target / name, files / name)
+        raise OutputExistsError(
+            f"{err.filename!r} appeared while the result was being written, and was left as it is; expected none "
+            "of the files there (or pass overwrite=True)"
+        ) from None
 
 
 @contextlib.contextmanager
