@@ -177,3 +177,19 @@ def test_cli_fill_format_cog(cube, tmp_path, capsys):
                                                         for d in ("01", "16", "31")]
     assert main(args) == 2 and "exist" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_a_file_made_during_the_write_survives_and_nothing_else_is_left(out, tmp_path, hook):
+    target = tmp_path / "cogs"
+    mine = target / f"observed_{QUERY[2]}.tif"
+
+    def user(i, j):
+        if not target.exists():
+            target.mkdir()
+            mine.write_text("mine")
+
+    hook(user)
+    with pytest.raises(OutputExistsError, match="appeared"):
+        write_cog(out, target)
+    assert [p.name for p in target.iterdir()] == [mine.name] and mine.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cogs"]

@@ -440,7 +440,7 @@ def from_stac(
         The output CRS; required when the items are in several CRSs (several UTM zones).
     chunks : dict or int, optional
         Dask chunks by dimension name (``{"x": 512, "y": 512}``, and ``time``/``band``, ``sar_time``/``sar_band``);
-        an int is the spatial chunk size. Default: 1 time x 1 band x 1024 x 1024.
+        an int is the spatial chunk size. Default: one date, every band, 1024 x 1024 px.
     orbit : int or "any", optional
         The Sentinel-1 relative orbit to keep; default the most frequent ``sat:relative_orbit`` of the SAR items
         (ties: the lowest number). ``"any"`` keeps all orbits (mixed viewing geometries).
