@@ -572,17 +572,25 @@ def write_zarr(
         work = target.with_name(f".{target.name}.{PARTIAL_SUFFIX}")
         partial, done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
         ds = _with_fingerprint(ds, fingerprint, provenance)
-        try:
+        with _cleaned_up(partial, resume=resume):
             with ctx:
                 _write_regions(ds, partial, done, zarr_format, to_zarr_kwargs)
             _swap_in(Path(partial.store), target, overwrite=overwrite)
-        except BaseException:
-            _cancel_and_wait(partial)
-            if not resume:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _cleaned_up(partial: _Partial, *, resume: bool) -> Iterator[None]:
+    """Remove a local write's partial folder when it is done; on a failure, call off the region writes still
+    running, wait for them, and remove it unless resuming."""
+    try:
+        yield
+    except BaseException:
+        _cancel_and_wait(partial)
+        if not resume:
+            shutil.rmtree(partial.folder, ignore_errors=True)
+        raise
+    shutil.rmtree(partial.folder, ignore_errors=True)
 
 
 def _is_local(fs: Any) -> bool:
@@ -1041,21 +1049,15 @@ def write_cog(
         work = target.with_name(f".{target.name}.{PARTIAL_SUFFIX}")
         partial, done = _open_partial(work, provenance, fingerprint, resume=resume, target=target)
         times = sorted({f.time_dim for f in plan if f.time_dim})
-        try:
+        with _cleaned_up(partial, resume=resume):
             with ctx:
                 _write_regions(selected, partial, done, 2, {"consolidated": True}, split=times)
             files = work / "cog"
             shutil.rmtree(files, ignore_errors=True)
             files.mkdir()
-            _write_geotiffs(Path(partial.store), selected, plan, files, {**_tags(selected), "xrecon_write_fingerprint":
-                                                                         fingerprint}, options)
+            tags = {**_tags(selected), "xrecon_write_fingerprint": fingerprint}
+            _write_geotiffs(Path(partial.store), selected, plan, files, tags, options)
             _move_in(files, target, [f.name for f in plan], overwrite=overwrite)
-        except BaseException:
-            _cancel_and_wait(partial)
-            if not resume:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(work, ignore_errors=True)
     return target
 
 
