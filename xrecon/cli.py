@@ -6,6 +6,7 @@ Examples
 
     xrecon fill IN.zarr OUT.zarr --method whittaker --query-times 2019-01-01/2019-12-31/5D
     xrecon fill IN.zarr OUT.zarr --method harmonic --option order=3 --option trend=true
+    xrecon fill IN.zarr OUT/ --format cog --query-times 2019-01-01/2019-12-31/10D
     xrecon evaluate IN.zarr --methods linear,whittaker --holdout 0.2 --by-gap
     xrecon evaluate IN.zarr --methods linear,neighbors --gaps clouds --by-gap-size --mask clear
     xrecon evaluate IN.zarr --methods linear,neighbors,anytimeformer --gaps clouds --holdout 0.1 --train-budget 5min
@@ -72,7 +73,7 @@ def _cmd_fill(args: argparse.Namespace) -> int:
     import dask
 
     import xrecon  # noqa: F401  (registers the accessor)
-    from xrecon.io import open_cube, write_zarr
+    from xrecon.io import open_cube, write_cog, write_zarr
 
     _check_path("INPUT", args.input)
     _check_path("OUTPUT", args.output)
@@ -103,9 +104,14 @@ def _cmd_fill(args: argparse.Namespace) -> int:
     if args.workers:
         scheduler["num_workers"] = args.workers
     with dask.config.set(**scheduler):
-        target = write_zarr(out, args.output, overwrite=args.overwrite, resume=args.resume,
-                            progress=not args.quiet, source=args.input)
-    print(f"wrote {target}: {dict(out.sizes)} with method={args.method}")
+        if args.format == "cog":
+            target = write_cog(out, args.output, overwrite=args.overwrite, resume=args.resume,
+                               progress=not args.quiet, source=args.input)
+        else:
+            target = write_zarr(out, args.output, overwrite=args.overwrite, resume=args.resume,
+                                progress=not args.quiet, source=args.input)
+    what = "Cloud-Optimized GeoTIFFs in " if args.format == "cog" else ""
+    print(f"wrote {what}{target}: {dict(out.sizes)} with method={args.method}")
     return 0
 
 
@@ -349,9 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr", formatter_class=_Help)
+    f = sub.add_parser("fill", help="reconstruct a cube at query times and write Zarr or COGs", formatter_class=_Help)
     f.add_argument("input", help="input cube: Zarr store or netCDF file")
-    f.add_argument("output", help="output Zarr store (refused if it exists, unless --overwrite)")
+    f.add_argument("output", help="output Zarr store (refused if it exists, unless --overwrite), or with --format "
+                   "cog a folder for the GeoTIFFs")
+    f.add_argument("--format", default="zarr", choices=["zarr", "cog"],
+                   help="zarr: one store; cog: one Cloud-Optimized GeoTIFF per variable and query time, "
+                        "VARIABLE_YYYY-MM-DD.tif")
     f.add_argument("--method", default="linear", help=f"one of: {', '.join(list_methods())}")
     f.add_argument(
         "--query-times",

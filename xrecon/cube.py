@@ -22,8 +22,8 @@ import xarray as xr
 
 from xrecon.errors import CubeError
 
-__all__ = ["Cube", "validate", "resolve_mask", "from_bands", "decode", "dn_to_db", "DEFAULT_SAR", "DEFAULT_MASK",
-           "AUTO_MASK", "MASK_ATTR"]
+__all__ = ["Cube", "validate", "resolve_mask", "from_bands", "whole_series_chunks", "decode", "dn_to_db",
+           "DEFAULT_SAR", "DEFAULT_MASK", "AUTO_MASK", "MASK_ATTR"]
 
 #: The default name of the SAR variable; a cube without it is an optical-only cube.
 DEFAULT_SAR = "sar"
@@ -465,7 +465,10 @@ def from_bands(
     Returns
     -------
     xarray.Dataset
-        ``optical``, optionally ``clear`` and ``sar``, with the input's CRS coordinate kept.
+        ``optical``, optionally ``clear`` and ``sar``, with the input's CRS coordinate kept. A dask-backed
+        input gives a cube laid out the way ``fill`` reads it: every time and band in each chunk, the
+        input's spatial chunks halved until a chunk fits in dask's ``array.chunk-size`` (see
+        :func:`whole_series_chunks`). A numpy-backed input stays in memory.
 
     Examples
     --------
@@ -528,7 +531,55 @@ def from_bands(
                 v.attrs["grid_mapping"] = str(name)
             break
     out.attrs = dict(ds.attrs)
+    if any(var.chunks is not None for var in out.variables.values()):
+        out = out.chunk(whole_series_chunks(out))
     return out
+
+
+def whole_series_chunks(ds: xr.Dataset, *, budget: int | str | None = None, smallest: int = 32) -> dict[str, int]:
+    """Chunks with whole time series and all bands, and spatial chunks that keep a chunk within ``budget``.
+
+    ``fill`` reads every time and band of a pixel at once, so a cube stored that way is read without a
+    rechunk (and ``check()`` finds nothing to say about its chunks). The spatial chunk starts at the
+    cube's own (the largest ``y``/``x`` chunk of its dask variables, or the whole grid) and is halved,
+    the longer side first, until the largest variable's chunk fits in ``budget`` bytes, but not below
+    ``smallest`` pixels a side.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cube (or the parts of one): ``optical``, the mask and ``sar`` are all given the same ``y``/``x``.
+    budget : int or str, optional
+        Bytes per chunk (``"128MiB"``); default dask's ``array.chunk-size``.
+    smallest : int
+        The smallest spatial chunk side.
+
+    Examples
+    --------
+    >>> from xrecon.testing import synthetic_cube
+    >>> cube = synthetic_cube(ny=128, nx=128, chunks={"y": 128, "x": 128})   # 65 dates x 4 bands float32
+    >>> whole_series_chunks(cube, budget="4MiB")   # 1040 bytes a pixel: 64 x 64 would be 4.06 MiB
+    {'time': -1, 'band': -1, 'sar_time': -1, 'sar_band': -1, 'y': 32, 'x': 64}
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    limit = parse_bytes(budget if budget is not None else dask.config.get("array.chunk-size"))
+    whole = [d for d in ("time", "band", "sar_time", "sar_band") if d in ds.dims]
+    side = {}
+    for dim in ("y", "x"):
+        if dim not in ds.dims:
+            continue
+        sizes = [max(v.chunksizes[dim]) for v in ds.variables.values() if v.chunks is not None and dim in v.dims]
+        side[dim] = max(sizes) if sizes else int(ds.sizes[dim])
+    per_pixel = max((int(np.prod([ds.sizes[d] for d in v.dims if d not in side])) * v.dtype.itemsize
+                     for v in ds.data_vars.values() if set(side) <= set(v.dims)), default=0)
+    while side and per_pixel * int(np.prod(list(side.values()))) > limit:
+        dim = max(side, key=lambda d: (side[d], d == "y"))
+        if side[dim] <= smallest:
+            break
+        side[dim] = max(smallest, -(-side[dim] // 2))
+    return {**{d: -1 for d in whole}, **side}
 
 
 def dn_to_db(kind: str = "amplitude", *, calibration: float = 83.0,

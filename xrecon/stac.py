@@ -11,6 +11,10 @@ conventions of :mod:`xrecon.cube`:
 * ``sar`` ``(sar_time, sar_band, y, x)``: float32 backscatter in dB (``10 log10`` of linear power) from one
   relative orbit, on the optical grid.
 
+Items of one solar day (neighbouring tiles of one pass, slices of one Sentinel-1 pass) become one date
+(``groupby="solar_day"``, as odc-stac groups them): each item is decoded on its own first, then the items are
+mosaicked pixel by pixel, the first item (in the order ``mosaic=`` names) that has every band there winning.
+
 Nothing is read but the items' metadata until the cube is computed.
 """
 
@@ -29,7 +33,7 @@ from xrecon.cube import DEFAULT_MASK, MASK_ATTR
 from xrecon.errors import CubeError
 from xrecon.masks import SCL_CLEAR_DEFAULT, scl_clear
 
-__all__ = ["from_stac", "StacError", "S2_BASELINE_OFFSET_FROM", "S2_SCALE", "S2_OFFSET"]
+__all__ = ["from_stac", "solar_day", "StacError", "S2_BASELINE_OFFSET_FROM", "S2_SCALE", "S2_OFFSET"]
 
 #: Sentinel-2 L2A reflectance scale: reflectance = DN * 1e-4 (+ offset).
 S2_SCALE = 1e-4
@@ -40,7 +44,10 @@ S2_BASELINE_OFFSET_FROM = (4, 0)
 #: Sentinel-2 L2A digital number meaning "no data", used when an item's ``raster:bands`` gives none.
 S2_NODATA = 0
 
-_DEFAULT_CHUNKS = {"time": 1, "band": 1, "y": 1024, "x": 1024}
+# One item per chunk as stackstac reads them, every band of it (the mosaic needs them together).
+_DEFAULT_CHUNKS = {"time": 1, "band": -1, "y": 1024, "x": 1024}
+#: The orders ``from_stac(mosaic=...)`` knows for the items of one date.
+MOSAIC_ORDERS = ("first", "least-cloudy")
 
 
 class StacError(CubeError):
@@ -267,10 +274,120 @@ def _unique_times(da: xr.DataArray, role: str) -> pd.DatetimeIndex:
         dups = times[times.duplicated()].unique()
         raise StacError(
             f"{role} items share acquisition times {[str(t) for t in dups[:3]]} (adjacent tiles or reprocessed "
-            "copies of one pass); expected one item per time: keep one tile or one processing version per date, "
-            "or mosaic them first (stackstac.mosaic)"
+            "copies of one pass); with groupby=None every item must have its own time: pass "
+            "groupby='solar_day' to mosaic the items of one day, or keep one tile per date"
         )
     return times
+
+
+# ---------------------------------------------------------------------------------------------- mosaics
+
+
+def _longitude(item: dict) -> float | None:
+    """The longitude of an item's centre: from its bbox, else its geometry; None when it has neither."""
+    bbox = item.get("bbox")
+    if isinstance(bbox, Sequence) and len(bbox) in (4, 6):
+        west, east = float(bbox[0]), float(bbox[len(bbox) // 2])
+        if west > east:  # across the antimeridian
+            east += 360.0
+        return (west + east) / 2.0
+    geometry = item.get("geometry")
+    if isinstance(geometry, Mapping) and geometry.get("coordinates") is not None:
+        xs = np.asarray(_flatten(geometry["coordinates"]), dtype="float64")
+        if xs.size:
+            return float((xs.min() + xs.max()) / 2.0)
+    return None
+
+
+def _flatten(coords: Any) -> list[float]:
+    """The x (longitude) of every position of a GeoJSON coordinates array."""
+    if isinstance(coords, Sequence) and coords and not isinstance(coords[0], Sequence):
+        return [float(coords[0])]
+    return [x for part in coords for x in _flatten(part)] if isinstance(coords, Sequence) else []
+
+
+def solar_day(time: Any, longitude: float | None) -> pd.Timestamp:
+    """The local solar day of an acquisition: UTC time plus 4 minutes per degree east, as a day.
+
+    The rule odc-stac's ``groupby="solar_day"`` follows: one satellite pass crosses a tile boundary seconds
+    apart but may cross midnight UTC far from Greenwich; the local solar day is the same for the whole pass.
+    Without a longitude the UTC day is used.
+
+    Examples
+    --------
+    >>> str(solar_day("2022-03-01T23:50:00Z", 150.0).date())   # 10 h east: already 2 March there
+    '2022-03-02'
+    >>> str(solar_day("2022-03-01T23:50:00Z", None).date())
+    '2022-03-01'
+    """
+    t = pd.Timestamp(time)
+    t = t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+    if longitude is not None:
+        t = t + pd.Timedelta(seconds=int(round(float(longitude) * 240.0)))
+    return t.floor("D")
+
+
+def _cloud_cover(item: dict) -> float:
+    value = item["properties"].get("eo:cloud_cover")
+    try:
+        return float(value) if value is not None else float("inf")
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _groups(items: list[dict], times: pd.DatetimeIndex, groupby: str | None,
+            mosaic: str) -> tuple[list[list[int]], pd.DatetimeIndex]:
+    """The items (positions in ``items``) of each output date, in mosaic order, and each date's time.
+
+    A date's time is the earliest acquisition of its items; the dates are in time order.
+    """
+    if groupby is None:
+        return [[i] for i in range(len(items))], times
+    keys = [solar_day(t, _longitude(it)) for t, it in zip(times, items, strict=True)]
+    by_day: dict[pd.Timestamp, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_day.setdefault(key, []).append(i)
+
+    def rank(i: int) -> tuple:
+        first = (_cloud_cover(items[i]),) if mosaic == "least-cloudy" else ()
+        return (*first, times[i], _item_id(items[i]))
+
+    groups = [sorted(members, key=rank) for members in by_day.values()]
+    groups.sort(key=lambda g: min(times[i] for i in g))
+    return groups, pd.DatetimeIndex([min(times[i] for i in g) for g in groups]).as_unit("ns")
+
+
+def _first_valid(block: np.ndarray) -> np.ndarray:
+    """``(k, c, y, x)`` -> ``(1, c, y, x)``: per pixel, the first of the k items with all c channels finite.
+
+    Where none has them all, the first item's values (whatever it has) are kept.
+    """
+    valid = np.isfinite(block).all(axis=1)  # (k, y, x)
+    pick = np.where(valid.any(axis=0), valid.argmax(axis=0), 0)  # (y, x)
+    return np.take_along_axis(block, pick[None, None], axis=0)
+
+
+def _mosaic(da: xr.DataArray, groups: list[list[int]], times: pd.DatetimeIndex,
+            time_chunk: int) -> xr.DataArray:
+    """One date per group of items along ``time``, lazily: ``_first_valid`` over each group's block."""
+    if all(len(g) == 1 for g in groups):
+        return da.isel(time=[g[0] for g in groups]).assign_coords(time=times)
+    import dask.array
+
+    data = da.data if isinstance(da.data, dask.array.Array) else dask.array.from_array(da.data)
+    data = data[[i for g in groups for i in g]]
+    data = data.rechunk({0: tuple(len(g) for g in groups), 1: -1})
+    out = data.map_blocks(_first_valid, chunks=((1,) * len(groups), *data.chunks[1:]), dtype=data.dtype,
+                          token="xrecon-mosaic")
+    if time_chunk != 1:
+        out = out.rechunk({0: time_chunk})
+    coords = {name: c for name, c in da.coords.items() if "time" not in c.dims}
+    return xr.DataArray(out, dims=da.dims, coords={**coords, "time": times}, attrs=da.attrs)
+
+
+def _group_ids(items: list[dict], groups: list[list[int]]) -> list[str]:
+    """Per date, the id of its item, or the ids of its mosaic in order joined by ' + '."""
+    return [" + ".join(_item_id(items[i]) for i in g) for g in groups]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -294,6 +411,8 @@ def from_stac(
     offset: float | None = None,
     nodata: float | None = None,
     sar_nodata: float | None = None,
+    groupby: str | None = "solar_day",
+    mosaic: str = "first",
 ) -> xr.Dataset:
     """A lazy cube from Sentinel-2 L2A (and optionally Sentinel-1) STAC items.
 
@@ -321,7 +440,7 @@ def from_stac(
         The output CRS; required when the items are in several CRSs (several UTM zones).
     chunks : dict or int, optional
         Dask chunks by dimension name (``{"x": 512, "y": 512}``, and ``time``/``band``, ``sar_time``/``sar_band``);
-        an int is the spatial chunk size. Default: 1 time x 1 band x 1024 x 1024.
+        an int is the spatial chunk size. Default: one date, every band, 1024 x 1024 px.
     orbit : int or "any", optional
         The Sentinel-1 relative orbit to keep; default the most frequent ``sat:relative_orbit`` of the SAR items
         (ties: the lowest number). ``"any"`` keeps all orbits (mixed viewing geometries).
@@ -332,6 +451,16 @@ def from_stac(
     nodata, sar_nodata : float, optional
         Digital numbers meaning "no data" when the items' ``raster:bands`` give none (optical default 0, the
         Sentinel-2 L2A fill value). Pixels flagged nodata in the files themselves are masked as well.
+    groupby : "solar_day" or None
+        ``"solar_day"``: the items acquired on one local solar day (:func:`solar_day`: the item's time and the
+        longitude of its centre; neighbouring tiles of one pass, slices of one Sentinel-1 pass) become one
+        date, timed at its earliest item. None: one date per item (two items at one time are then an error).
+    mosaic : "first" or "least-cloudy"
+        The order in which the items of one date are taken, pixel by pixel: the first item that has every band
+        (and the SCL) at a pixel gives that pixel, all its bands and its clear flag. ``"first"``: by
+        acquisition time, then item id; ``"least-cloudy"``: by ascending ``eo:cloud_cover`` (items without it
+        last), then time and id. SAR items are always taken by time. Each item is decoded (its own scale,
+        offset, processing baseline and nodata) before the items are mosaicked.
 
     Returns
     -------
@@ -343,7 +472,32 @@ def from_stac(
     ------
     StacError
         (an :class:`xrecon.errors.CubeError`) for no items, a missing asset, several CRSs without ``epsg=``,
-        items whose digital numbers cannot be decoded, SAR orbits that cannot be chosen.
+        items whose digital numbers cannot be decoded, SAR orbits that cannot be chosen, an unknown
+        ``groupby`` or ``mosaic``.
+
+    Examples
+    --------
+    Two tiles of one pass, seconds apart, come out as one date (here without reading any pixel):
+
+    >>> import numpy as np, rasterio, tempfile
+    >>> from rasterio.transform import from_origin
+    >>> folder, items = tempfile.mkdtemp(), []
+    >>> for k, x0 in enumerate([500000.0, 500040.0]):   # 8 x 8 px each, overlapping by 4 columns
+    ...     href = f"{folder}/B04_{k}.tif"
+    ...     with rasterio.open(href, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+    ...                        crs="EPSG:32633", transform=from_origin(x0, 4000080.0, 10, 10)) as dst:
+    ...         dst.write(np.full((1, 8, 8), 1500 + 1000 * k, dtype="uint16"))
+    ...     items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"T{k}", "bbox": [15, 36, 15.1, 36.1],
+    ...                   "geometry": None, "links": [], "properties": {
+    ...                       "datetime": f"2022-03-01T10:00:0{k}Z", "proj:epsg": 32633,
+    ...                       "s2:processing_baseline": ["03.01", "04.00"][k]},
+    ...                   "assets": {"B04": {"href": href, "proj:shape": [8, 8],
+    ...                                      "proj:transform": [10, 0, x0, 0, -10, 4000080.0]}}})
+    >>> cube = from_stac(items, bands=["B04"], mask=None)
+    >>> cube.optical.shape, cube.attrs["stac_items"]
+    ((1, 1, 8, 12), ['T0 + T1'])
+    >>> np.unique(cube.optical.values.astype(float).round(4)).tolist()   # 1500 DN (03.01), 2500 DN (04.00)
+    [0.15]
     """
     try:
         import stackstac
@@ -360,6 +514,10 @@ def from_stac(
         raise StacError(f"mask={mask!r} is also among bands={bands}; expected the mask asset apart from the bands")
     if bbox is not None and bbox_latlon is not None:
         raise StacError("give bbox= (output CRS) or bbox_latlon= (longitude/latitude), not both")
+    if groupby not in ("solar_day", None):
+        raise StacError(f"groupby={groupby!r}: expected 'solar_day' (one date per local solar day) or None")
+    if mosaic not in MOSAIC_ORDERS:
+        raise StacError(f"mosaic={mosaic!r}: expected one of {list(MOSAIC_ORDERS)}")
     opt_items = _as_dicts(items, "items")
     keys = bands + ([mask] if mask is not None else [])
     _check_assets(opt_items, keys, "optical", " (pass mask=None for items without a scene classification)"
@@ -375,34 +533,41 @@ def from_stac(
         stack_kwargs["bounds_latlon"] = tuple(bbox_latlon)
     for it in opt_items:
         _item_datetime(it)
-    raw, sorted_items = _stack(stackstac, opt_items, keys, "optical", chunksize=_chunksize(chunks, "time", "band"),
-                               **stack_kwargs)
+    size = _chunksize(chunks, "time", "band")
+    raw, sorted_items = _stack(stackstac, opt_items, keys, "optical", chunksize=size, **stack_kwargs)
     spec = raw.attrs["spec"]
-    times = _unique_times(raw, "optical")
-    raw = raw.assign_coords(time=times)
+    item_times = _unique_times(raw, "optical") if groupby is None else pd.DatetimeIndex(raw["time"].values)
+    groups, times = _groups(sorted_items, item_times.as_unit("ns"), groupby, mosaic)
+    raw = raw.drop_vars("time")  # positions of items from here on; the mosaic gives the dates their times
 
+    # Each item decoded with its own scale, offset and nodata, before any two are mixed.
     table = np.array([[_optical_decoding(it, b, scale, offset, nodata) for b in bands] for it in sorted_items],
-                     dtype="float64")  # (time, band, 3)
-    coords = {"time": raw["time"], "band": bands}
-    scales = xr.DataArray(table[..., 0].astype("float32"), dims=("time", "band"), coords=coords)
-    offsets = xr.DataArray(table[..., 1].astype("float32"), dims=("time", "band"), coords=coords)
-    nodatas = xr.DataArray(table[..., 2].astype("float32"), dims=("time", "band"), coords=coords)
+                     dtype="float64")  # (item, band, 3)
+    scales, offsets, nodatas = (xr.DataArray(table[..., k].astype("float32"), dims=("time", "band"),
+                                             coords={"band": bands}) for k in range(3))
     dn = raw.sel(band=bands)
-    optical = (dn * scales + offsets).where(dn != nodatas).astype("float32")
-    optical = optical.transpose("time", "band", "y", "x").assign_coords(band=np.array(bands, dtype=object))
+    decoded = (dn * scales + offsets).where(dn != nodatas).astype("float32")
+    if mask is not None:
+        scl = raw.sel(band=[mask])
+        decoded = xr.concat([decoded, scl.where(scl != 0)], "band")  # SCL 0 = no data: look at the next item
+    mixed = _mosaic(decoded, groups, times, size[0])
+    optical = mixed.isel(band=slice(0, len(bands))).transpose("time", "band", "y", "x")
+    optical = optical.assign_coords(band=np.array(bands, dtype=object))
     optical.name = "optical"
     optical.attrs = {"long_name": "surface reflectance", "units": "1", "xrecon_decoded": 1}
     data_vars: dict[Hashable, xr.DataArray] = {"optical": optical}
     if mask is not None:
-        clear = scl_clear(raw.sel(band=mask).drop_vars("band"), clear_classes).transpose("time", "y", "x")
+        clear = scl_clear(mixed.isel(band=len(bands)).drop_vars("band"), clear_classes).transpose("time", "y", "x")
         data_vars[DEFAULT_MASK] = clear
         optical.attrs[MASK_ATTR] = DEFAULT_MASK
     ds = xr.Dataset(data_vars)
-    ds.attrs["stac_items"] = [_item_id(it) for it in sorted_items]
+    ds.attrs["stac_items"] = _group_ids(sorted_items, groups)
     ds.attrs["xrecon_decoding"] = "raster:bands scale/offset where given, else the Sentinel-2 processing baseline"
+    if groupby is not None:
+        ds.attrs["xrecon_mosaic"] = f"groupby={groupby}, mosaic={mosaic}: per pixel the first item with every band"
 
     if sar_items is not None:
-        ds["sar"] = _sar(stackstac, sar_items, sar_bands, spec, chunks, orbit, sar_nodata, ds)
+        ds["sar"] = _sar(stackstac, sar_items, sar_bands, spec, chunks, orbit, sar_nodata, ds, groupby)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in rioxarray
@@ -420,7 +585,7 @@ def _item_datetime(item: dict) -> Any:
 
 
 def _sar(stackstac: Any, sar_items: Any, sar_bands: Sequence[str], spec: Any, chunks: Any, orbit: Any,
-         sar_nodata: float | None, ds: xr.Dataset) -> xr.DataArray:
+         sar_nodata: float | None, ds: xr.Dataset, groupby: str | None) -> xr.DataArray:
     if isinstance(sar_bands, str) or not sar_bands:
         raise StacError(f"sar_bands={sar_bands!r}: expected a list of SAR asset keys, e.g. ['vv', 'vh']")
     sar_bands = [str(b) for b in sar_bands]
@@ -440,30 +605,31 @@ def _sar(stackstac: Any, sar_items: Any, sar_bands: Sequence[str], spec: Any, ch
     # Exactly the optical grid: same CRS, bounds and resolution, no snapping.
     for it in s_items:
         _item_datetime(it)
-    raw, s_sorted = _stack(stackstac, s_items, sar_bands, "SAR", chunksize=_chunksize(chunks, "sar_time", "sar_band"),
-                           epsg=spec.epsg, resolution=spec.resolutions_xy, bounds=spec.bounds, snap_bounds=False)
+    size = _chunksize(chunks, "sar_time", "sar_band")
+    raw, s_sorted = _stack(stackstac, s_items, sar_bands, "SAR", chunksize=size, epsg=spec.epsg,
+                           resolution=spec.resolutions_xy, bounds=spec.bounds, snap_bounds=False)
     if raw.sizes["y"] != ds.sizes["y"] or raw.sizes["x"] != ds.sizes["x"]:  # pragma: no cover - defensive
         raise StacError(f"SAR grid {dict(raw.sizes)} differs from the optical grid {dict(ds.sizes)}")
-    times = _unique_times(raw, "SAR")
-    raw = raw.assign_coords(time=times, y=ds["y"].values, x=ds["x"].values)
+    item_times = _unique_times(raw, "SAR") if groupby is None else pd.DatetimeIndex(raw["time"].values)
+    groups, times = _groups(s_sorted, item_times.as_unit("ns"), groupby, "first")
+    raw = raw.drop_vars("time").assign_coords(y=ds["y"].values, x=ds["x"].values)
     table = np.empty((len(s_sorted), len(sar_bands), 3), dtype="float64")
     for i, item in enumerate(s_sorted):
         for j, b in enumerate(sar_bands):
             rb = _raster_band(item["assets"][b])
             nod = sar_nodata if sar_nodata is not None else rb.get("nodata")
             table[i, j] = (float(rb.get("scale", 1.0)), float(rb.get("offset", 0.0)), _float_or_nan(nod))
-    coords = {"time": raw["time"], "band": sar_bands}
-    scales = xr.DataArray(table[..., 0].astype("float32"), dims=("time", "band"), coords=coords)
-    offsets = xr.DataArray(table[..., 1].astype("float32"), dims=("time", "band"), coords=coords)
-    nodatas = xr.DataArray(table[..., 2].astype("float32"), dims=("time", "band"), coords=coords)
+    scales, offsets, nodatas = (xr.DataArray(table[..., k].astype("float32"), dims=("time", "band"),
+                                             coords={"band": sar_bands}) for k in range(3))
     power = (raw * scales + offsets).where(raw != nodatas)
     # Linear power -> dB; zero or negative power (no data, border noise) -> NaN rather than -inf.
     db = (10.0 * np.log10(power.where(power > 0))).astype("float32")
+    db = _mosaic(db, groups, times, size[0])  # slices of one pass: each decoded, then the first valid
     db = db.rename({"time": "sar_time", "band": "sar_band"}).transpose("sar_time", "sar_band", "y", "x")
     db = db.assign_coords(sar_band=np.array(sar_bands, dtype=object))
     db.name = "sar"
     db.attrs = {"long_name": "backscatter", "units": "dB", "xrecon_decoded": 1,
-                "stac_items": [_item_id(it) for it in s_sorted]}
+                "stac_items": _group_ids(s_sorted, groups)}
     if chosen is not None:
         db.attrs["relative_orbit"] = chosen
     return db
