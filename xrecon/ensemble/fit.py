@@ -177,8 +177,10 @@ def _half_widths_checked(scores: np.ndarray, scale: np.ndarray, cls: np.ndarray,
         covered[test] = scores[test][:, None] <= qt
         width[test] = 2 * qt * scale[test][:, None]
     ok = np.isfinite(scores)
-    return covered[ok].mean(axis=0), np.nanmean(np.where(np.isinf(width[ok]), np.nan, width[ok]), axis=0), \
-        covered, width
+    finite = np.where(np.isfinite(width[ok]), width[ok], np.nan)
+    counts = np.isfinite(finite).sum(axis=0)
+    mean_width = np.where(counts > 0, np.nansum(finite, axis=0) / np.maximum(counts, 1), np.inf)
+    return covered[ok].mean(axis=0), mean_width, covered, width
 
 
 def fit_ensemble(
@@ -202,7 +204,7 @@ def fit_ensemble(
     shrinkage: float = 100.0,
     min_class: int = 50,
     min_calibration: int = 50,
-    split_block: int = 32,
+    split_block: int | None = None,
     max_samples: int = 400_000,
     strict: bool = False,
     overwrite: bool = False,
@@ -238,12 +240,14 @@ def fit_ensemble(
         pixel's nearest clear observation, and (with SAR in the cube, unless ``sar_classes=False``) whether
         a SAR observation lies within ``sar_window`` days.
     shrinkage : float
-        Pseudo-observations pulling each class's weights toward its best single member.
+        Pseudo-observations pulling each class's weights toward the band's blend (which is pulled toward the
+        band's best member the same way): a class with few hidden observations keeps the band's weights.
     min_class, min_calibration : int
         Classes with fewer hidden observations rank their members and calibrate their intervals with the
         band's pooled observations.
-    split_block : int
-        Side in pixels of the checkerboard blocks that make the two spatial halves.
+    split_block : int, optional
+        Side in pixels of the checkerboard blocks that make the two spatial halves; None: 32, or a quarter of
+        the cube's smaller side when that is less (so each half has several blocks).
     max_samples : int
         At most about this many hidden observations are used (a seeded subsample of them).
     strict, overwrite, progress
@@ -267,6 +271,8 @@ def fit_ensemble(
     >>> sorted(out.data_vars)
     ['observed', 'optical', 'optical_lower', 'optical_upper']
     """
+    if split_block is None:
+        split_block = max(1, min(32, min(ds[optical].sizes["y"], ds[optical].sizes["x"]) // 4))
     methods = _check(methods, holdout, shrinkage, split_block, max_samples)
     gaps = check_gaps(gaps)
     out = Path(out)
@@ -323,8 +329,13 @@ def fit_ensemble(
                           f"hold-out (holdout={holdout}, gaps={gaps!r})")
     rate = min(1.0, max_samples / n_hidden)
     got = _gather(arrays, hidden, rate, seed)
+    halves = np.bincount(((got["y"] // split_block) + (got["x"] // split_block)) % 2, minlength=2)
+    if halves.min() < 2:
+        raise XreconError(f"the hidden observations fall in one spatial half only (split_block={split_block} px, "
+                          f"halves of {halves.tolist()}): give a smaller split_block, or a larger holdout")
 
-    ens = _fit(got, members, cube.bands, classes, spread_member, shrinkage=float(shrinkage), min_class=min_class,
+    ens = _fit(got, members, cube.bands, classes, spread_member,
+               shrinkage=float(shrinkage), min_class=min_class,
                min_calibration=min_calibration, split_block=split_block)
     provenance = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "xrecon_version": __version__,
@@ -354,7 +365,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     n_member, n_band, n_class = len(members), len(bands), classes.n
     names = [m.method for m in members]
     cls = classes.index(got["size"], got["days"], got.get("sar"))
-    half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2
+    half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2  # the checkerboard's two halves
     truth = got["truth"].astype(np.float64)  # (n, C)
     preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
     fit_kw = {"shrinkage": shrinkage, "min_class": min_class}
@@ -408,7 +419,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         for i, level in enumerate(blend.LEVELS):
             per_band = [r["width"] for r in coverage_rows if r["level"] == level]
             coverage_rows.append({"band": "all", "level": level, "coverage": float(allcov[:, i].mean()),
-                                  "width": float(np.nanmean(per_band)), "scale": "per band"})
+                                  "width": float(np.mean(per_band)), "scale": "per band"})
     return Ensemble(
         members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
         levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
