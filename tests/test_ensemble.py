@@ -196,6 +196,9 @@ def test_errors(scene, fitted, tmp_path):
         sar = fit_ensemble(scene, ["linear"], out=tmp_path / "sar.xrecon", holdout=0.15, split_block=10)
         assert load_ensemble(sar).classes.sar
         scene.drop_vars("sar").recon.fill(method="ensemble", checkpoint=sar)
+    with pytest.raises(XreconError, match="one spatial half only"):  # 64 px blocks: the 40 px cube is one block
+        fit_ensemble(scene, ["linear"], out=tmp_path / "one-half.xrecon", holdout=0.15, split_block=64)
+    assert not (tmp_path / "one-half.xrecon").exists()
     bad = tmp_path / "bad.xrecon"
     bad.write_text("{}")
     with pytest.raises(CheckpointError, match="not an xrecon ensemble"):

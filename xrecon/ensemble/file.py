@@ -68,7 +68,7 @@ class Ensemble:
     calibration_count : ndarray (band, class)
         Hidden observations each class's half-widths come from (classes with too few use the band's pooled).
     scale : tuple of str
-        Per band, "none" (score = |residual|) or "spread" (score = |residual| / (spread + floor), the spread
+        Per band, "none" (score = ``|residual|``) or "spread" (score = ``|residual| / (spread + floor)``, the spread
         being ``optical_std`` of member ``spread_member``).
     scale_floor : ndarray (band,)
     spread_member : int or None
