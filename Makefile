@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	$(BIN)/xrecon demo --out xrecon-demo
 
-# the docs first, so that pytest's summary is the last line printed
+# the docs first, so that pytest's summary is the last line printed; the tests on every core (pytest-xdist),
+# a test file per worker so that module fixtures are built once (a bare `pytest` runs them in one process)
 test: $(STAMP)
 	$(MAKE) --no-print-directory docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # the documentation site, warnings as errors (make test builds it too, so it cannot rot)
 docs: $(STAMP)
