@@ -59,7 +59,14 @@ import xarray as xr
 
 from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
-from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
+from xrecon.errors import (
+    CheckpointError,
+    CubeError,
+    MethodError,
+    OutputExistsError,
+    TrainingDivergedError,
+    XreconError,
+)
 from xrecon.models.base import XreconModel
 from xrecon.runtime import PRECISIONS, autocast, default_threads, resolve_device, resolve_precision
 from xrecon.training.gaps import GapConfig
@@ -810,6 +817,9 @@ class _Run:
         self.val_seconds, self.session_start, self.session_base = 0.0, _now(), self.p.train_seconds
         self.sums = torch.zeros(1 + len(task.terms), device=dev)  # loss and its parts since the last log row
         self.n_sum = 0
+        # The first step whose loss (or gradient) was not finite, -1 while none: kept on the device (no
+        # sync per step) and read at each log row, before anything of that step is validated or saved.
+        self.diverged = torch.full((), -1, dtype=torch.long, device=dev)
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         if self.ema is not None:
@@ -988,9 +998,13 @@ class _Run:
             loss, terms = self.task.loss(self.net, _to(batch, self.dev), cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        bad = ~torch.isfinite(loss.detach())
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            if not self.scaler.is_enabled():  # (fp16's scaler skips the steps whose gradients overflow)
+                bad = bad | ~torch.isfinite(norm)
+        self.diverged = torch.where(bad & (self.diverged < 0), self.p.step + 1, self.diverged)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
@@ -1001,9 +1015,24 @@ class _Run:
         self.sums += torch.stack([t.detach().float() for t in (loss, *terms)])  # no sync with the GPU here
         self.n_sum += 1
 
+    def check_finite(self) -> None:
+        """Stop with :class:`~xrecon.errors.TrainingDivergedError` when a step since the last log row had
+        a loss or gradient that is not finite: its weights are neither validated nor saved."""
+        first = int(self.diverged)
+        if first < 0:
+            return
+        cfg = self.cfg
+        raise TrainingDivergedError(
+            f"training stopped: the loss was not finite (NaN or inf) at step {first} of {cfg.steps}; nothing "
+            f"from that step on was saved (the files hold the last checkpoint before it). Train again with a "
+            f"lower lr= (now {cfg.lr:g}), a longer "
+            f"warmup= (now {cfg.warmup}), grad_clip= (now {cfg.grad_clip:g}) or precision='fp32' "
+            f"(now {cfg.precision!r})")
+
     def log_row(self, epoch: int, lr: float, validated: bool) -> dict[str, Any]:
         """Write the mean losses since the last row (validating first if due) and start a new mean."""
         p = self.p
+        self.check_finite()
         self.clock()
         if validated:
             self.validate()
