@@ -24,6 +24,7 @@ import math
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 import xarray as xr
@@ -33,7 +34,7 @@ from xrecon.errors import XreconError
 from xrecon.holdout import check_gaps
 from xrecon.training.stream import _DEFAULT_BLOCK, BlockStream, _Block
 
-__all__ = ["PatchStream", "collate_patches", "sar_in_reach"]
+__all__ = ["PatchStream", "collate_patches", "sar_in_reach", "window_shares"]
 
 #: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``): days since upstream's PASTIS reference day.
 DEFAULT_DATE_ORIGIN = "2018-09-01"
@@ -60,6 +61,23 @@ def sar_in_reach(days: np.ndarray, sar_days: np.ndarray, max_days: float) -> lis
         near = np.flatnonzero(dist <= max_days)
         out.append(near[np.lexsort((near, dist[near]))].astype(np.int64))
     return out
+
+
+def window_shares(tile_shares: np.ndarray, frames: int) -> np.ndarray:
+    """The clear share of every window of ``frames`` consecutive dates, from ``(T, ny, nx)`` per-date
+    clear shares of tiles (:meth:`PatchStream.clear_shares`): a flat array, one value per start date
+    and tile (empty when ``frames > T``).
+
+    Examples
+    --------
+    >>> window_shares(np.array([1.0, 0.0, 0.5, 0.5])[:, None, None], 2).tolist()
+    [0.5, 0.25, 0.5]
+    """
+    a = np.asarray(tile_shares, np.float64)
+    if a.shape[0] < frames or a.size == 0:
+        return np.zeros(0)
+    c = np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])
+    return ((c[frames:] - c[:-frames]) / frames).ravel()
 
 
 def collate_patches(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -214,6 +232,28 @@ class PatchStream(BlockStream):
             sar_days = _days_since(cube.sar["sar_time"].values, self.date_origin) if cube.sar is not None else []
             self._dates.append(days.astype(np.float32))
             self._sar_reach.append(sar_in_reach(days, np.asarray(sar_days, np.float64), sar_window))
+
+    def clear_shares(self, blocks: Sequence[Sequence[int]] | np.ndarray) -> list[np.ndarray]:
+        """Per block of ``blocks``: ``(T, ny, nx)``, the share of clear pixels on each date in each of the
+        block's ``size x size`` tiles (in one dask computation over the blocks' validity; the windows
+        :meth:`_make_samples` draws are not aligned to these tiles, but their shares are alike).
+
+        Examples
+        --------
+        >>> from xrecon.testing import synthetic_cube
+        >>> stream = PatchStream(synthetic_cube(ny=32, nx=32, seed=0), size=16, frames=4, block=32)
+        >>> [a.shape for a in stream.clear_shares(stream.blocks)]
+        [(65, 2, 2)]
+        """
+        lazy = []
+        for task in np.asarray(blocks, np.int64).reshape(-1, 3):
+            cube = self._infos[int(task[0])].cube
+            ys, xs = self.block_slices(task)
+            valid = cube.optical.isel(y=ys, x=xs).notnull().all("band")
+            if cube.clear is not None:
+                valid = valid & cube.clear.isel(y=ys, x=xs).astype(bool)
+            lazy.append(valid.coarsen(y=self.size, x=self.size, boundary="trim").mean().data)
+        return [np.asarray(a, np.float64) for a in dask.compute(*lazy, scheduler=self.scheduler)]
 
     def windows_per_block(self, by: int, bx: int, n_time: int) -> int:
         """Windows drawn from a ``by x bx`` block of ``n_time`` dates per epoch (0 when none fits)."""

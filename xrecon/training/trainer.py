@@ -69,7 +69,6 @@ from xrecon.errors import (
 )
 from xrecon.models.base import XreconModel
 from xrecon.runtime import PRECISIONS, autocast, default_threads, resolve_device, resolve_precision
-from xrecon.training.gaps import GapConfig
 from xrecon.training.stats import NormStats, compute_stats
 from xrecon.training.stream import BlockStream
 from xrecon.training.tasks import TrainingTask
@@ -86,20 +85,19 @@ _PROBE = 10  # steps timed before a time budget's plan (at most warm-up + 1: the
 _UNPLANNED = 10**9  # TrainConfig.steps of a budgeted run until its plan fixes them
 _BUDGET_SAFETY = 0.95  # plan for this share of the budget left after the probe (steps vary in cost)
 
-
-def _default_gaps() -> GapConfig:
-    # The paper's 25 % of random dates, plus cloudy seasons and real cloud patterns of the same cube.
-    return GapConfig(mode={"random": 2, "runs": 1, "transplant": 1}, fraction=0.25)
+#: Fields TrainConfig had until AnytimeFormer's options became its task's (``AnytimeFormerOptions``):
+#: a saved config holding them is read without them, and a resumed run takes them as task options.
+LEGACY_FIELDS = ("gaps", "loss", "reconstruction_weight", "anytime", "tv_weight", "window", "min_obs")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (the architecture is separate: a preset name or an ``AnytimeFormerConfig``).
+    """The loop's settings, the same for every method (the architecture is separate: a preset name or
+    a config object; what a method's task reads, such as AnytimeFormer's ``gaps`` or RESTORE-DiT's
+    ``frames``, is the task's own :class:`~xrecon.training.tasks.TaskOptions`).
 
-    ``gaps``, ``loss``, ``reconstruction_weight``, ``anytime``, ``tv_weight``, ``window`` and
-    ``min_obs`` are read by the method's training task (what they mean here is AnytimeFormer's);
-    the others by the trainer. The defaults are AnytimeFormer's; a task may replace some of them
-    for the fields :func:`train` is not given (:meth:`TrainingTask.config_defaults
+    The defaults are sized for AnytimeFormer's pixel-years; a task may replace some of them for the
+    fields :func:`train` is not given (:meth:`TrainingTask.config_defaults
     <xrecon.training.tasks.TrainingTask.config_defaults>`; RESTORE-DiT's count windows).
 
     Attributes
@@ -120,17 +118,6 @@ class TrainConfig:
         tensors with 2 or more dimensions are decayed, as in nanoGPT).
     grad_clip : float
         Clip the gradient norm to this (0 = no clipping).
-    gaps : GapConfig
-        Gap simulation of training and validation samples.
-    loss : {"l1", "mse"}
-        Loss on hidden and kept observations (the paper: L1).
-    reconstruction_weight : float
-        Weight of the loss on the kept observations (the paper: 1).
-    anytime : bool
-        Anytime training: predict a daily grid (days 1..366) and add its total variation to the
-        loss (smoother curves between observations, about 1.6x the cost per step).
-    tv_weight : float
-        Weight of the total variation with ``anytime``.
     validation_fraction : float
         Share of the spatial blocks held out for validation (0 = none: the best model is the last).
     block : int, optional
@@ -150,10 +137,6 @@ class TrainConfig:
         scaling), fp32 on CPUs.
     num_workers : int
         DataLoader worker processes reading blocks (0 = in the main process).
-    window : {"year", None}
-        Samples are calendar years (as ``fill`` runs AnytimeFormer), see ``PixelStream``.
-    min_obs : int
-        Pixel-years with fewer clear observations are skipped.
     buffer_size : int
         Samples in the stream's shuffle buffer (RESTORE-DiT: windows, default 256).
     ema : float
@@ -181,11 +164,6 @@ class TrainConfig:
     schedule: str = "cosine"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    gaps: GapConfig = field(default_factory=_default_gaps)
-    loss: str = "l1"
-    reconstruction_weight: float = 1.0
-    anytime: bool = False
-    tv_weight: float = 0.01
     validation_fraction: float = 0.1
     block: int | None = None
     validation_pixels: int = 4096
@@ -195,23 +173,18 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     num_workers: int = 0
-    window: str | None = "year"
-    min_obs: int = 5
     buffer_size: int = 4096
     ema: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "reconstruction_weight", "tv_weight",
-                     "validation_fraction", "ema"):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "validation_fraction", "ema"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
                     or not math.isfinite(value):
                 raise XreconError(f"TrainConfig.{name} must be a finite number, got {value!r} "
                                   f"({type(value).__name__}); e.g. lr=1e-3 (CLI --option lr=1e-3)")
-        if not isinstance(self.anytime, bool | np.bool_):
-            raise XreconError(f"TrainConfig.anytime must be True or False, got {self.anytime!r}")
         positive = ("steps", "batch_size", "validation_pixels", "validation_interval", "log_interval",
-                    "checkpoint_interval", "min_obs", "buffer_size")
+                    "checkpoint_interval", "buffer_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
@@ -225,8 +198,6 @@ class TrainConfig:
                               f"{self.min_lr_ratio}")
         if self.schedule not in ("cosine", "constant"):
             raise XreconError(f"TrainConfig.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.loss not in ("l1", "mse"):
-            raise XreconError(f"TrainConfig.loss must be 'l1' or 'mse', got {self.loss!r}")
         if not 0 <= self.ema < 1:
             raise XreconError(f"TrainConfig.ema must be in [0, 1): the decay of the weights' moving average "
                               f"(0 = none, e.g. 0.999), got {self.ema!r}")
@@ -237,28 +208,19 @@ class TrainConfig:
         if self.precision not in ("auto", *PRECISIONS):
             raise XreconError(f"TrainConfig.precision must be 'auto' or one of {sorted(PRECISIONS)}, "
                               f"got {self.precision!r}")
-        if self.window not in ("year", None):
-            raise XreconError(f"TrainConfig.window must be 'year' or None, got {self.window!r}")
-        if not isinstance(self.gaps, GapConfig):
-            raise XreconError(f"TrainConfig.gaps must be a GapConfig, got {type(self.gaps).__name__}")
-        for name in ("weight_decay", "grad_clip", "reconstruction_weight", "tv_weight"):
+        for name in ("weight_decay", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise XreconError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for checkpoints and JSON."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        g = self.gaps
-        out["gaps"] = {"mode": g.mode if isinstance(g.mode, str) else dict(g.mode), "fraction": g.fraction,
-                       "min_keep": g.min_keep, "n_runs": g.n_runs, "shift": g.shift}
-        return out
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Read what :meth:`to_dict` wrote (unknown keys are refused)."""
-        d = dict(d)
-        if isinstance(d.get("gaps"), Mapping):
-            d["gaps"] = GapConfig(**d["gaps"])
+        """Read what :meth:`to_dict` wrote (unknown keys are refused; AnytimeFormer's options, which
+        earlier checkpoints saved here, are left to its task: see :data:`LEGACY_FIELDS`)."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
         try:
             return cls(**d)
         except TypeError as err:
@@ -594,21 +556,33 @@ def _precision(precision: str, device: torch.device) -> torch.dtype:
 def _resolve_options(task: TrainingTask, cubes: xr.Dataset | Sequence[xr.Dataset], config: TrainConfig | None,
                      options: Mapping[str, Any], shortcuts: Mapping[str, Any],
                      ) -> tuple[list[xr.Dataset], TrainConfig, dict[str, Any], dict[str, Any]]:
-    """(cubes, settings, the training settings given explicitly, the architecture options)."""
+    """(cubes, settings, the training settings given explicitly, the architecture options).
+
+    The task's own options (``task.options_type``) go to the task (:meth:`TrainingTask.configure`),
+    and the names of those given to ``task.given``.
+    """
     if isinstance(cubes, xr.Dataset):
         cubes = [cubes]
     cubes = list(cubes)
     if not cubes:
         raise CubeError("train needs at least one cube")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    task_fields = set(task.options_type.names())
     arch_fields = set(task.options())
-    unknown = sorted(set(options) - train_fields - arch_fields)
+    clash = sorted(task_fields & (train_fields | arch_fields))
+    if clash:
+        raise MethodError(f"{type(task).__name__}: its options {clash} have the names of training or architecture "
+                          "options")
+    unknown = sorted(set(options) - train_fields - arch_fields - task_fields)
     if unknown:
-        raise MethodError(f"train: unknown options {unknown}; training options: {sorted(train_fields)}; "
-                          f"architecture options: {sorted(arch_fields)}")
+        raise MethodError(f"train: unknown options {unknown}; {task.name} options: {sorted(task_fields)}; "
+                          f"training options: {sorted(train_fields)}; architecture options: {sorted(arch_fields)}")
     explicit = {k: v for k, v in options.items() if k in train_fields}
     explicit.update((k, v) for k, v in shortcuts.items() if v is not None)
     architecture = {k: v for k, v in options.items() if k in arch_fields}
+    given = {k: v for k, v in options.items() if k in task_fields}
+    task.configure(dataclasses.replace(task.default_options(), **given))
+    task.given = frozenset(given)
     return cubes, dataclasses.replace(config or _task_config(task), **explicit), explicit, architecture
 
 
@@ -641,6 +615,9 @@ def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: 
         saved = TrainConfig.from_dict(state["config"])
         changed = sorted(k for k, v in explicit.items() if k != "steps" and getattr(saved, k) != v)
         changed += _changed(task, model_obj, architecture)
+        saved_opts = _saved_options(task, state)
+        changed += sorted(k for k in task.given if getattr(saved_opts, k) != getattr(task.opts, k))
+        task.configure(saved_opts)
         if changed:
             raise XreconError(f"resume continues with the saved settings; these differ: {changed} "
                               "(start a new run in another file to change them)")
@@ -655,6 +632,17 @@ def _starting_point(paths: tuple[Path, Path, Path], cfg: TrainConfig, explicit: 
     if changed:
         raise XreconError(f"init fixes the architecture; these options differ from it: {changed}")
     return cfg, model_obj, None
+
+
+def _saved_options(task: TrainingTask, state: Mapping[str, Any]) -> Any:
+    """The task's options of a resumed run: as saved, or (earlier checkpoints) from the saved config's
+    fields of those names, the task's defaults for the others."""
+    saved = state.get("task_options")
+    if saved is None:
+        config = state.get("config") or {}
+        saved = {**task.default_options().to_dict(),
+                 **{k: v for k, v in config.items() if k in task.options_type.names()}}
+    return task.options_type.from_dict(saved)
 
 
 def _untrained(best_path: Path, last_path: Path, task: TrainingTask) -> bool:
@@ -730,6 +718,8 @@ def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainCon
 
     block = _block_size(selected, optical, cfg.block)
     stream_kw = dict(optical=optical, sar=sar_name, mask=mask, block=block)
+    if state is None:  # a new run: the task's defaults may adapt to the cubes (a resumed run keeps its own)
+        task.configure(task.adapt_options(selected, task.given, optical))
     grid = task.stream(selected, cfg, **stream_kw)
     if state is not None:  # the saved hold-out, whatever the seed would pick now
         val_blocks = np.asarray(state["validation_blocks"], dtype=np.int64).reshape(-1, 3)
@@ -737,6 +727,7 @@ def _prepare_data(task: TrainingTask, cubes: Sequence[xr.Dataset], cfg: TrainCon
         train_blocks = np.array([b for b in grid.blocks.tolist() if tuple(b) not in is_val], np.int64)
     else:
         train_blocks, val_blocks = _split_blocks(grid.blocks, cfg.validation_fraction, cfg.seed)
+        task.configure(task.check_blocks(grid, train_blocks, task.given))
     return _Data(selected, bands, sar_bands if use_sar else None, stream_kw, block, grid, train_blocks, val_blocks)
 
 
@@ -855,6 +846,7 @@ class _Run:
             "validation_blocks": data.val_blocks.tolist(), "block": data.block,
             "normalization": {k: v.tolist() for k, v in self.norm.items()},
             "time_budget": None if self.budget is None else self.budget.to_dict(),
+            "task_options": self.task.opts.to_dict(),
         }
 
     def scored(self) -> Any:
@@ -876,6 +868,7 @@ class _Run:
             "stream": self.stream.state_dict(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "time_budget": None if self.budget is None else self.budget.to_dict(),
+            "task_options": self.task.opts.to_dict(),
         }
         if self.ema is not None:
             resume_state["ema"] = self.ema.state_dict()
@@ -1267,8 +1260,7 @@ def train(
                 if stop or p.step >= cfg.steps:
                     break
             if not got and fresh:
-                raise CubeError(f"no {task.sample} of the training blocks has {cfg.min_obs} clear observations "
-                                "(min_obs); nothing to train on")
+                raise CubeError(task.nothing_to_train(cfg))
             if not stop and p.step < run.cfg.steps:
                 epoch += 1
         bar.close()
