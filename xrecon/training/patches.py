@@ -32,7 +32,7 @@ import xarray as xr
 from xrecon.cube import DEFAULT_SAR
 from xrecon.errors import XreconError
 from xrecon.holdout import check_gaps
-from xrecon.training.stream import _DEFAULT_BLOCK, BlockStream, _Block
+from xrecon.training.blockstream import DEFAULT_BLOCK, Block, BlockStream
 
 __all__ = ["PatchStream", "collate_patches", "sar_in_reach", "window_shares"]
 
@@ -264,7 +264,7 @@ class PatchStream(BlockStream):
         return (by // self.size) * (bx // self.size) * math.ceil(n_time / self.frames)
 
     # -- block -> samples --------------------------------------------------------------------------
-    def _make_samples(self, block: _Block, rng: np.random.Generator) -> list[dict[str, Any]]:
+    def _make_samples(self, block: Block, rng: np.random.Generator) -> list[dict[str, Any]]:
         n_time, _, by, bx = block.optical.shape
         s, f = self.size, self.frames
         n = self.windows_per_block(by, bx, n_time)
@@ -393,7 +393,7 @@ def _round_block(cubes: Sequence[xr.Dataset], optical: Hashable, block: int | tu
     """The block side(s) rounded up to a multiple of the window size (blocks are read alone)."""
     if block is None:
         chunks = cubes[0][optical].chunksizes if optical in cubes[0] else {}
-        by, bx = (chunks["y"][0], chunks["x"][0]) if chunks else (_DEFAULT_BLOCK, _DEFAULT_BLOCK)
+        by, bx = (chunks["y"][0], chunks["x"][0]) if chunks else (DEFAULT_BLOCK, DEFAULT_BLOCK)
     elif isinstance(block, int | np.integer):
         by = bx = int(block)
     else:
