@@ -103,7 +103,7 @@ def test_recorded_mask_that_is_missing_is_refused(masked):
 
 
 def test_training_mask_rule(masked, cube):
-    from xrecon.training.trainer import _training_mask
+    from xrecon.training.blocks import training_mask as _training_mask
 
     assert _training_mask([masked], "optical", "auto") == "clear"
     assert _training_mask([masked], "optical", False) is False

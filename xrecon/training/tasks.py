@@ -41,7 +41,7 @@ from xrecon.training.stream import BlockStream, PixelStream, pixel_loader
 if TYPE_CHECKING:
     import xarray as xr
 
-    from xrecon.training.trainer import TrainConfig
+    from xrecon.training.config import TrainConfig
 
 __all__ = ["AnytimeFormerOptions", "AnytimeFormerTask", "NoOptions", "TaskOptions", "TrainingTask"]
 
