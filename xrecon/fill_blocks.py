@@ -1,4 +1,5 @@
-"""Block functions of ``fill``: numpy in, numpy out, one spatial block at a time (no xarray, no dask).
+"""Block functions of ``fill`` (block drivers, formerly ``xrecon.kernels``): numpy in, numpy out, one spatial
+block at a time (no xarray, no dask).
 
 :func:`fill_pixels` serves pixel methods: a block arrives as ``(time, band, y, x)``, as the cube stores
 it, and the kernel sees slabs of ``(N, T, C)`` series. :func:`fill_patch` serves patch
