@@ -21,7 +21,8 @@ Model units are upstream's: reflectance and backscatter mapped to [-1, 1] by the
 normalization buffers (see :meth:`RestoreDiT.to_model_units`). Frame dates are days since
 ``config.date_origin`` (upstream: days since 2018-09-01, its PASTIS reference day).
 
-The sampling loop is :func:`sample`; the samplers themselves live in :mod:`xrecon.diffusion`.
+The sampling loop :func:`sample` (re-exported here) lives with the samplers and the noise schedule in
+:mod:`xrecon.diffusion`.
 
 Examples
 --------
@@ -50,9 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xrecon.diffusion.sampling import UNITS, sample
 from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.models.base import XreconModel, register_model
 from xrecon.runtime import resolve_device
+from xrecon.times import DATE_ORIGIN, days_since
 
 __all__ = [
     "PRESETS",
@@ -66,6 +69,7 @@ __all__ = [
     "position_embedding",
     "sample",
     "timestep_embedding",
+    "UNITS",
 ]
 
 
@@ -94,7 +98,7 @@ class RestoreDiTConfig:
     learn_sigma: bool = False  # upstream option: 2 C outputs, of which the first C are x0
     frequency_embedding_size: int = 256  # width of the diffusion-timestep sinusoid
     date_period: float = 10000.0  # the T of the date sinusoid: frequencies 1 / T^(2i/D)
-    date_origin: str = "2018-09-01"  # frame dates are days since this day (ISO date)
+    date_origin: str = DATE_ORIGIN  # frame dates are days since this day (ISO date; xrecon.times.DATE_ORIGIN)
     num_train_timesteps: int = 1000  # the diffusion schedule the network was trained for
 
     def __post_init__(self) -> None:
@@ -201,16 +205,16 @@ def position_embedding(dim: int, rows: int, cols: int) -> Tensor:
     return torch.cat([_sincos_1d(dim // 2, c.reshape(-1)), _sincos_1d(dim // 2, r.reshape(-1))], dim=1).float()
 
 
-def days_since_origin(times: Any, origin: str = "2018-09-01") -> np.ndarray:
-    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin``, the network's date units.
+def days_since_origin(times: Any, origin: str = DATE_ORIGIN) -> np.ndarray:
+    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin``, the network's date units
+    (:func:`xrecon.times.days_since`).
 
     Examples
     --------
     >>> days_since_origin(["2018-09-01", "2019-09-01T12:00"])
     array([  0. , 365.5])
     """
-    t = np.asarray(times, dtype="datetime64[ns]")
-    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")
+    return days_since(times, origin)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -629,7 +633,7 @@ def from_upstream(
     optical_scale: float | Sequence[float] = 0.4,
     sar_offset: float | Sequence[float] = 0.0,
     sar_scale: float | Sequence[float] = 1.0,
-    date_origin: str = "2018-09-01",
+    date_origin: str = DATE_ORIGIN,
     device: str | torch.device | None = None,
     **sdt_kwargs: Any,
 ) -> RestoreDiT:
@@ -747,109 +751,3 @@ def from_upstream(
     if isinstance(payload, Mapping) and isinstance(payload.get("epoch"), int):
         model.metadata["epoch"] = payload["epoch"]
     return model.eval().to(resolve_device(device))
-
-
-# --------------------------------------------------------------------------------------------------
-# sampling
-
-UNITS = ("upstream", "model")
-
-
-@torch.no_grad()
-def sample(
-    model: RestoreDiT,
-    image: Tensor,
-    mask: Tensor,
-    dates: Tensor | None = None,
-    sar: Tensor | None = None,
-    *,
-    noise: Tensor | None = None,
-    steps: int = 1,
-    generator: torch.Generator | None = None,
-    sampler: str | Any = "dpm++",
-    n_samples: int = 1,
-    valid: Tensor | None = None,
-    units: str = "model",
-) -> Tensor:
-    """Reconstruct the masked pixels of a batch of sequences: upstream's sampling loop (``SeqDiffusionPipeline``).
-
-    At each step the network sees the current sample where ``mask`` is 1 and the observation where it
-    is 0; the sampler steps the sample from the network's x0 prediction, and the observed pixels are put
-    back (noised to the next step's level, clean after the last step).
-
-    Parameters
-    ----------
-    model
-        The denoiser.
-    image
-        ``(B, T, C, H, W)`` sequences in model units (any finite value where masked).
-    mask
-        ``(B, T, 1, H, W)`` or ``(B, T, C, H, W)``: 1 = reconstruct, 0 = observed.
-    dates, sar, valid
-        As for :meth:`RestoreDiT.denoise`.
-    noise
-        Initial Gaussian noise, of the shape of the result in model units; None: drawn with ``generator``
-        (on the CPU, as upstream, so that a seed gives the same noise on every device).
-    steps
-        Solver steps (upstream's evaluation: 1).
-    sampler
-        ``"dpm++"`` (upstream's), ``"ddim"``, or a sampler object (see :mod:`xrecon.diffusion`).
-    n_samples
-        Samples per sequence, batched into one network call per step.
-    units
-        ``"upstream"``: what upstream's pipeline returns, ``(x / 2 + 0.5).clamp(0, 1)``; ``"model"``: model
-        units, unclamped.
-
-    Returns
-    -------
-    Tensor
-        ``(B, T, C, H, W)`` when ``n_samples == 1``, else ``(n_samples, B, T, C, H, W)``, on ``image``'s device.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from xrecon.models import restore_dit
-    >>> model = restore_dit.RestoreDiT(restore_dit.PRESETS["tiny"]).eval()
-    >>> image, mask = torch.zeros(1, 2, 4, 8, 8), torch.ones(1, 2, 1, 8, 8)
-    >>> y = restore_dit.sample(model, image, mask, None, None, n_samples=3,  # doctest: +SKIP
-    ...                        generator=torch.Generator().manual_seed(0))
-    >>> y.shape  # doctest: +SKIP
-    torch.Size([3, 1, 2, 4, 8, 8])
-    """
-    from xrecon.diffusion import get_sampler
-
-    if units not in UNITS:
-        raise XreconError(f"units must be one of {UNITS}, got {units!r}")
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise XreconError(f"n_samples must be a positive integer, got {n_samples!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise XreconError(f"steps must be a positive integer, got {steps!r}")
-    B = image.shape[0]
-    model.check_inputs(image, 0, dates, sar, valid)
-    if mask.ndim != 5 or mask.shape[:2] != image.shape[:2] or mask.shape[3:] != image.shape[3:] \
-            or mask.shape[2] not in (1, image.shape[2]):
-        raise XreconError(f"mask must be (B, T, 1, H, W) or like image {tuple(image.shape)}, got {tuple(mask.shape)}")
-    shape = tuple(image.shape) if n_samples == 1 else (n_samples, *image.shape)
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu",
-                            dtype=image.dtype)
-    elif tuple(noise.shape) != shape:
-        raise XreconError(f"noise must have the shape of the result {shape}, got {tuple(noise.shape)}")
-    noise = noise.to(image.device, image.dtype).reshape(n_samples * B, *image.shape[1:])  # (n B, T, C, H, W)
-
-    def rep(v: Tensor | None) -> Tensor | None:  # sample-major: row s B + b is sample s of sequence b
-        return None if v is None else v.repeat(n_samples, *([1] * (v.ndim - 1)))
-
-    image, mask, dates, sar, valid = (rep(v) for v in (image, mask.to(image.dtype), dates, sar, valid))
-    solver = get_sampler(sampler, num_train_timesteps=model.config.num_train_timesteps)
-    timesteps = solver.set_timesteps(steps, device=image.device)
-    latents = noise
-    for i, t in enumerate(timesteps):
-        model_input = latents * mask + (1 - mask) * image  # noisy where reconstructed, clean where observed
-        x0 = model.denoise(model_input, t.expand(n_samples * B), dates, sar, valid=valid)  # (n B, T, C, H, W)
-        latents = solver.step(x0, t, latents, generator=generator)
-        known = image if i == len(timesteps) - 1 else solver.add_noise(image, noise, timesteps[i + 1: i + 2])
-        latents = (1 - mask) * known + mask * latents
-    out = (latents / 2 + 0.5).clamp(0, 1) if units == "upstream" else latents
-    return out.reshape(shape)
-

@@ -32,18 +32,14 @@ import xarray as xr
 from xrecon.cube import DEFAULT_SAR
 from xrecon.errors import XreconError
 from xrecon.holdout import check_gaps
+from xrecon.times import DATE_ORIGIN, days_since
 from xrecon.training.blockstream import DEFAULT_BLOCK, Block, BlockStream
 
 __all__ = ["PatchStream", "collate_patches", "sar_in_reach", "window_shares"]
 
-#: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``): days since upstream's PASTIS reference day.
-DEFAULT_DATE_ORIGIN = "2018-09-01"
+#: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``): :data:`xrecon.times.DATE_ORIGIN`.
+DEFAULT_DATE_ORIGIN = DATE_ORIGIN
 _DONOR_TRIES = 4  # donor windows drawn per sample; the first whose clouds hide a usable share wins
-
-
-def _days_since(times: np.ndarray, origin: str) -> np.ndarray:
-    t = np.asarray(times, dtype="datetime64[ns]")
-    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")
 
 
 def sar_in_reach(days: np.ndarray, sar_days: np.ndarray, max_days: float) -> list[np.ndarray]:
@@ -122,7 +118,8 @@ class PatchStream(BlockStream):
         among the SAR dates finite at that pixel (the earlier on a tie; :func:`sar_in_reach`), as
         ``fill`` does; pixels with none in reach have ``sar_valid`` False and zeros.
     date_origin : str
-        ``dates`` are days since this day (RESTORE-DiT's convention; default upstream's 2018-09-01).
+        ``dates`` are days since this day (RESTORE-DiT's convention; default upstream's,
+        :data:`xrecon.times.DATE_ORIGIN`).
     gaps : "window", "clouds", "pixels" or int
         The simulated clouds. ``"window"``: the not-clear pixels of a donor window drawn from elsewhere
         in the block (another place and time, flipped), hiding 5-90 % of the window's clear pixels.
@@ -228,8 +225,8 @@ class PatchStream(BlockStream):
         self._dates, self._sar_reach = [], []
         for info in self._infos:
             cube = info.cube
-            days = _days_since(cube.optical["time"].values, self.date_origin)
-            sar_days = _days_since(cube.sar["sar_time"].values, self.date_origin) if cube.sar is not None else []
+            days = days_since(cube.optical["time"].values, self.date_origin)
+            sar_days = days_since(cube.sar["sar_time"].values, self.date_origin) if cube.sar is not None else []
             self._dates.append(days.astype(np.float32))
             self._sar_reach.append(sar_in_reach(days, np.asarray(sar_days, np.float64), sar_window))
 

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 import xarray as xr
 
+from xrecon.diffusion.schedule import add_noise, linear_alphas_cumprod
 from xrecon.errors import CubeError, XreconError
 from xrecon.holdout import check_gaps
 from xrecon.models.base import XreconModel
+from xrecon.times import DATE_ORIGIN
 from xrecon.training.patches import PatchStream, window_shares
 from xrecon.training.stats import NormStats
 from xrecon.training.tasks import TaskOptions, TrainingTask
@@ -109,34 +111,6 @@ class RestoreDiTOptions(TaskOptions):
             check_gaps(self.gaps)
         if not isinstance(self.augment, bool | np.bool_):
             raise XreconError(f"augment must be True or False, got {self.augment!r}")
-
-
-def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                          beta_end: float = 0.02) -> torch.Tensor:
-    """``(N,)`` float32 cumulative products of ``1 - beta`` of the linear schedule, as diffusers' DDPMScheduler.
-
-    Examples
-    --------
-    >>> a = linear_alphas_cumprod()
-    >>> a.shape, round(float(a[0]), 6), float(a[-1]) < 1e-4
-    (torch.Size([1000]), 0.9999, True)
-    """
-    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` per sequence (``t`` (B,)), as ``DDPMScheduler.add_noise``.
-
-    Examples
-    --------
-    >>> x0, noise = torch.ones(2, 3), torch.zeros(2, 3)
-    >>> add_noise(x0, noise, torch.tensor([0, 999]), linear_alphas_cumprod())[:, 0]
-    tensor([0.9999, 0.0064])
-    """
-    a = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t.to(x0.device)]  # (B,)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    return a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -439,7 +413,5 @@ class RestoreDiTTask(TrainingTask):
 
 def _date_shift(model: Any) -> float:
     """Days to add to the stream's dates (since its origin) to get days since the model's origin."""
-    from xrecon.training.patches import DEFAULT_DATE_ORIGIN
-
     origin = np.datetime64(model.config.date_origin, "D")
-    return float((np.datetime64(DEFAULT_DATE_ORIGIN, "D") - origin) / np.timedelta64(1, "D"))
+    return float((np.datetime64(DATE_ORIGIN, "D") - origin) / np.timedelta64(1, "D"))
