@@ -69,3 +69,13 @@ def test_the_script_prints_the_graph_and_no_circle():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     assert "xrecon.training.trainer -> " in done.stdout and "0 circle(s)" in done.stdout
+
+
+def test_api_spellings_of_the_moved_functions_work_in_a_fresh_interpreter():
+    # the conversions live in xrecon.models.conversion, sample() in xrecon.diffusion: API.md's names still work
+    code = ("from xrecon.models.restore_dit import from_upstream, sample; "
+            "from xrecon.models.anytimeformer import from_official; "
+            "import xrecon.models.conversion as c, xrecon.diffusion as d; "
+            "assert from_upstream is c.from_upstream and from_official is c.from_official and sample is d.sample")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
