@@ -11,7 +11,7 @@ import xrecon  # noqa: F401
 import xrecon.methods
 from xrecon.cli import main
 from xrecon.errors import MethodError, XreconError
-from xrecon.kernels import gap_days
+from xrecon.fill_blocks import gap_days
 from xrecon.rng import PositionalRandom
 from xrecon.testing import raise_if_dask_computes, synthetic_cube
 

@@ -17,7 +17,7 @@ from xrecon.errors import XreconError
 from xrecon.testing import synthetic_cube
 from xrecon.training import AnytimeFormerTask, TrainConfig, train, training_files
 from xrecon.training import trainer as trainer_module
-from xrecon.training.trainer import _EMA
+from xrecon.training.optim import EMA as _EMA
 
 TINY = dict(preset="small", d_model=32, d_inner=32, d_k=8, d_v=8, fusion_rank=2, dropout=0.0)
 QUICK = dict(TINY, batch_size=32, block=8, validation_fraction=0.25, validation_interval=4, log_interval=2,
@@ -112,7 +112,7 @@ def test_validation_and_best_checkpoint_use_the_average(cube, tmp_path, monkeypa
     """The trained weights follow the same path with or without the average (it draws no random
     numbers); validation scores, and the best checkpoint holds, the average of those weights."""
     history: list[dict[str, torch.Tensor]] = []
-    step_of = trainer_module._Run.optimizer_step
+    step_of = trainer_module.Session.optimizer_step
 
     def record(self, batch, lr):
         step_of(self, batch, lr)
@@ -125,7 +125,7 @@ def test_validation_and_best_checkpoint_use_the_average(cube, tmp_path, monkeypa
         scored.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return validate(self, model, batches, cfg)
 
-    monkeypatch.setattr(trainer_module._Run, "optimizer_step", record)
+    monkeypatch.setattr(trainer_module.Session, "optimizer_step", record)
     monkeypatch.setattr(AnytimeFormerTask, "validate", spy)
     decay = 0.7
     best = train(cube, tmp_path / "ema.xrecon", steps=8, seed=0, ema=decay, **QUICK)

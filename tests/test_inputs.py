@@ -103,7 +103,7 @@ def test_recorded_mask_that_is_missing_is_refused(masked):
 
 
 def test_training_mask_rule(masked, cube):
-    from xrecon.training.trainer import _training_mask
+    from xrecon.training.blocks import training_mask as _training_mask
 
     assert _training_mask([masked], "optical", "auto") == "clear"
     assert _training_mask([masked], "optical", False) is False
@@ -241,7 +241,6 @@ def test_bad_evaluate_arguments(cube, kwargs, match):
         ({"lr": float("inf")}, "lr must be a finite number"),
         ({"weight_decay": "0.1"}, "weight_decay must be a finite number"),
         ({"validation_fraction": "0.1"}, "validation_fraction must be a finite number"),
-        ({"anytime": "yes"}, "anytime must be True or False"),
         ({"steps": 1.5}, "steps must be a positive integer"),
     ],
 )
@@ -250,6 +249,22 @@ def test_bad_training_options(kwargs, match):
 
     with pytest.raises(XreconError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"anytime": "yes"}, "anytime must be True or False"),
+        ({"tv_weight": -1}, "tv_weight must be a finite number >= 0"),
+        ({"loss": "l3"}, "loss must be 'l1' or 'mse'"),
+        ({"min_obs": 0}, "min_obs must be a positive integer"),
+    ],
+)
+def test_bad_anytimeformer_options(kwargs, match):
+    from xrecon.training.tasks import AnytimeFormerOptions
+
+    with pytest.raises(XreconError, match=match):
+        AnytimeFormerOptions(**kwargs)
 
 
 @pytest.mark.parametrize("out", ["", "   "])

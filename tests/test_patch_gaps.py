@@ -102,7 +102,7 @@ def test_the_task_passes_its_shapes_to_the_stream(cube):
 def test_pixel_stream_clouds_are_hidden_mask_of_the_block(cube, monkeypatch):
     """mode="clouds": each pixel-year hides what hidden_mask chose for its block (min_keep on top)."""
     from xrecon.training import GapConfig, PixelStream
-    from xrecon.training import stream as stream_module
+    from xrecon.training import blockstream as stream_module  # where blocks are read and hidden
 
     calls = []
 

@@ -316,7 +316,7 @@ def test_checkpoint_records_the_windows_and_fill_defaults_to_them(cube, method, 
 
 def test_task_defaults_apply_only_where_nothing_was_given(cube):
     from xrecon.training import AnytimeFormerTask, TrainConfig
-    from xrecon.training.trainer import _resolve_options
+    from xrecon.training.config import resolve_options as _resolve_options
 
     task = RestoreDiTTask()
     defaults = task.config_defaults()

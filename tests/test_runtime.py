@@ -67,15 +67,13 @@ def test_importing_runtime_does_not_import_models():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_old_runtime_names_are_the_cache_functions():
-    assert runtime.cached_model is cache.cached_model
-    assert runtime.clear_model_cache is cache.clear_model_cache
-    from xrecon.runtime import cached_model, clear_model_cache
-
-    assert (cached_model, clear_model_cache) == (cache.cached_model, cache.clear_model_cache)
-    assert {"cached_model", "clear_model_cache"} <= set(dir(runtime))
+def test_old_runtime_names_say_where_the_cache_functions_are():
+    # xrecon.runtime importing xrecon.models.cache for them made an import circle: they are gone, with a pointer
+    for name in ("cached_model", "clear_model_cache"):
+        with pytest.raises(AttributeError, match=f"moved to xrecon.models.cache.{name}"):
+            getattr(runtime, name)
     with pytest.raises(AttributeError, match="no attribute 'model_lock'"):
-        runtime.model_lock  # noqa: B018  (only the names that were in runtime are served there)
+        runtime.model_lock  # noqa: B018
 
 
 @pytest.fixture
@@ -89,15 +87,6 @@ def checkpoints(tmp_path):
     cache.clear_model_cache()
 
 
-def test_old_runtime_cached_model_returns_the_same_object(checkpoints):
-    path = checkpoints[0]
-    sha = runtime.file_sha256(path)
-    model = cache.cached_model(path, sha, "cpu")
-    assert runtime.cached_model(path, sha, "cpu") is model
-    runtime.clear_model_cache()
-    assert cache.cached_model(path, sha, "cpu") is not model
-
-
 def test_cached_model_loads_once_per_key(checkpoints):
     path = checkpoints[0]
     sha = runtime.file_sha256(path)
@@ -109,11 +98,11 @@ def test_cached_model_loads_once_per_key(checkpoints):
 
 
 def test_cached_model_is_loaded_once_under_threads(checkpoints, monkeypatch):
-    import xrecon.models
+    import xrecon.models.base
 
     calls = []
-    real_load = xrecon.models.load
-    monkeypatch.setattr(xrecon.models, "load", lambda *a, **k: calls.append(1) or real_load(*a, **k))
+    real_load = xrecon.models.base.load
+    monkeypatch.setattr(xrecon.models.base, "load", lambda *a, **k: calls.append(1) or real_load(*a, **k))
     sha = runtime.file_sha256(checkpoints[0])
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.cached_model(checkpoints[0], sha, "cpu")))

@@ -16,7 +16,7 @@ from xrecon.cli import main
 from xrecon.errors import CheckpointError, CubeError, MethodError, OutputExistsError, XreconError
 from xrecon.testing import hide_observations, synthetic_cube
 from xrecon.training import AnytimeFormerTask, TrainConfig, compute_stats, train, training_files
-from xrecon.training.trainer import _lr_at
+from xrecon.training.optim import lr_at as _lr_at
 
 # A network small enough to train in seconds on one core.
 TINY = dict(preset="small", d_model=32, d_inner=32, d_k=8, d_v=8, fusion_rank=2, dropout=0.0)
@@ -250,11 +250,11 @@ def test_anytime_training_adds_total_variation(tmp_path):
 
 
 class FakeClock:
-    """The trainer's clock (trainer._now), advanced by a fixed amount per optimizer step and per validation."""
+    """The trainer's clock (budget._now), advanced by a fixed amount per optimizer step and per validation."""
 
     def __init__(self, monkeypatch, step: float, validation: float, slow_after: int | None = None,
                  slow_step: float = 0.0) -> None:
-        from xrecon.training import trainer
+        from xrecon.training import budget
         from xrecon.training.tasks import AnytimeFormerTask
 
         self.t, self.steps = 0.0, 0
@@ -269,7 +269,7 @@ class FakeClock:
             self.t += validation
             return real_validate(task, *args, **kwargs)
 
-        monkeypatch.setattr(trainer, "_now", lambda: self.t)
+        monkeypatch.setattr(budget, "_now", lambda: self.t)
         monkeypatch.setattr(AnytimeFormerTask, "loss", loss)
         monkeypatch.setattr(AnytimeFormerTask, "validate", validate)
 

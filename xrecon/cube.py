@@ -21,18 +21,15 @@ import pandas as pd
 import xarray as xr
 
 from xrecon.errors import CubeError
+from xrecon.masks import DEFAULT_MASK, MASK_ATTR
 
 __all__ = ["Cube", "validate", "resolve_mask", "from_bands", "whole_series_chunks", "decode", "dn_to_db",
            "DEFAULT_SAR", "DEFAULT_MASK", "AUTO_MASK", "MASK_ATTR"]
 
 #: The default name of the SAR variable; a cube without it is an optical-only cube.
 DEFAULT_SAR = "sar"
-#: The default name of the clear mask: ``from_bands`` stores its mask under it, and ``mask="auto"`` finds it.
-DEFAULT_MASK = "clear"
 #: ``mask=`` value (the default everywhere) that uses the cube's own mask: see :func:`resolve_mask`.
 AUTO_MASK = "auto"
-#: The optical variable's attribute in which ``from_bands`` records the name of the cube's clear mask.
-MASK_ATTR = "xrecon_mask"
 
 _OPTICAL_DIMS = ("time", "band", "y", "x")
 _SAR_DIMS = ("sar_time", "sar_band", "y", "x")

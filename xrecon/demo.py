@@ -50,7 +50,7 @@ def run_demo(out_dir: str | Path = "xrecon-demo", *, size: int = 128, method: st
     and prints the RMSE against the known truth on the pixels that were not observed.
     """
     import xrecon  # noqa: F401  (registers the accessor)
-    from xrecon.testing import synthetic_cube, synthetic_truth
+    from xrecon.synthetic import synthetic_cube, synthetic_truth
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ __all__ = [
     "MethodError",
     "CheckpointError",
     "OutputExistsError",
+    "TrainingDivergedError",
 ]
 
 
@@ -38,3 +39,7 @@ class CheckpointError(XreconError):
 
 class OutputExistsError(XreconError):
     """The output path exists and overwriting was not asked for."""
+
+
+class TrainingDivergedError(XreconError):
+    """Training stopped because the loss became NaN or infinite (nothing of that step on was saved)."""

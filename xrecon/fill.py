@@ -3,14 +3,14 @@
 Every method comes from one registry (:mod:`xrecon.methods`) and is wired by its footprint:
 
 - **pixel** methods are mapped over the spatial chunks as they are: every chunk holds whole time series
-  (``time`` and ``band`` whole, rechunked automatically) and :func:`xrecon.kernels.fill_pixels` hands
+  (``time`` and ``band`` whole, rechunked automatically) and :func:`xrecon.fill_blocks.fill_pixels` hands
   ``(pixels, time, band)`` slabs to the kernel;
 - **patch** methods get ``map_overlap``-style blocks: each chunk plus ``halo`` pixels of its neighbours
-  (NaN beyond the cube's edge) and its offset in the cube's grid; :func:`xrecon.kernels.fill_patch` runs
+  (NaN beyond the cube's edge) and its offset in the cube's grid; :func:`xrecon.fill_blocks.fill_patch` runs
   the kernel and trims the halo.
 
 Both return one packed ``(time, K, y, x)`` block per chunk (every output, ``observed`` and ``gap_days``),
-split lazily into the result's variables. The graph carries only a :class:`~xrecon.kernels.FillSpec`
+split lazily into the result's variables. The graph carries only a :class:`~xrecon.fill_blocks.FillSpec`
 (the method, its frozen plan, times and flags); models are loaded inside the tasks through a
 per-process cache.
 """
@@ -29,7 +29,7 @@ from xrecon import methods
 from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, MethodError, XreconError
-from xrecon.kernels import FillSpec, check_reflectance_values, fill_patch, fill_pixels
+from xrecon.fill_blocks import FillSpec, check_reflectance_values, fill_patch, fill_pixels
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
@@ -143,7 +143,7 @@ _SAMPLE = 1 << 20
 
 
 def check_reflectance(optical: xr.DataArray) -> None:
-    """CubeError when in-memory reflectance looks like digital numbers (see ``kernels.check_reflectance_values``).
+    """CubeError when in-memory reflectance looks like digital numbers (see ``fill_blocks.check_reflectance_values``).
 
     Only for numpy-backed cubes, where it costs a strided look at at most about a million values: a lazy
     cube is never computed here; its blocks are checked by the same rule when they are computed (and its

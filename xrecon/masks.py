@@ -9,7 +9,14 @@ import xarray as xr
 
 from xrecon.errors import CubeError
 
-__all__ = ["scl_clear", "SCL_CLASSES", "SCL_CLEAR_DEFAULT"]
+#: The default name of the clear mask: ``from_bands`` stores its mask under it, and ``mask="auto"`` finds it
+#: (also ``xrecon.cube.DEFAULT_MASK``).
+DEFAULT_MASK = "clear"
+#: The optical variable's attribute in which ``from_bands`` records the name of the cube's clear mask
+#: (also ``xrecon.cube.MASK_ATTR``).
+MASK_ATTR = "xrecon_mask"
+
+__all__ = ["scl_clear", "SCL_CLASSES", "SCL_CLEAR_DEFAULT", "DEFAULT_MASK", "MASK_ATTR"]
 
 #: Sentinel-2 L2A scene classification (SCL) classes.
 SCL_CLASSES = {

@@ -95,7 +95,7 @@ def check_network(
 
 def check_fallback(fallback: Any) -> str | None:
     """``fallback=`` must be None or a method that needs no checkpoint and works on pixels."""
-    from xrecon.methods import classical_methods
+    from xrecon.methods.registry import classical_methods
 
     if fallback is not None and fallback not in classical_methods():
         raise MethodError(f"fallback={fallback!r}: expected None or a classical method, one of {classical_methods()}")
@@ -107,13 +107,13 @@ def fill_from_classical(
 ) -> None:
     """Where the network gave nothing (no clear observation in a query's window) but the pixel has clear
     observations elsewhere, use a classical method over the whole series, in place."""
-    from xrecon.methods import get_method
+    from xrecon.methods.registry import get
 
     gap = np.isnan(out).any(axis=-1)  # (N, Tq)
     rows = np.flatnonzero(gap.any(axis=1) & valid.any(axis=1))
     if rows.size == 0:
         return
-    classical = get_method(method)(values[rows], valid[rows], t, tq, edges=edges)
+    classical = get(method).kernel_function()(values[rows], valid[rows], t, tq, edges=edges)
     part, where = out[rows], gap[rows]
     part[where] = classical[where]
     out[rows] = part

@@ -1,9 +1,9 @@
 """Where models run: device choice, numeric precision and file hashes.
 
 This module imports nothing from :mod:`xrecon.models` (which builds on it). The per-process model
-cache moved to :mod:`xrecon.models.cache`; ``xrecon.runtime.cached_model`` and
-``xrecon.runtime.clear_model_cache`` still work and are the same functions, imported from there on
-first use.
+cache is :mod:`xrecon.models.cache`; the old names ``xrecon.runtime.cached_model`` and
+``xrecon.runtime.clear_model_cache`` are gone (importing them from here made an import circle), and
+asking for them says where they are.
 """
 
 from __future__ import annotations
@@ -12,20 +12,15 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from xrecon.errors import CheckpointError, XreconError
 
-if TYPE_CHECKING:  # for type checkers and linters only: at run time __getattr__ imports these on first use
-    from xrecon.models.cache import cached_model, clear_model_cache
-
 __all__ = [
     "PRECISIONS",
     "autocast",
-    "cached_model",
-    "clear_model_cache",
     "default_threads",
     "file_sha256",
     "resolve_device",
@@ -168,23 +163,17 @@ def file_sha256(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    """``cached_model`` and ``clear_model_cache``, from :mod:`xrecon.models.cache` (PEP 562).
-
-    Imported on first use rather than at the top: :mod:`xrecon.models` imports this module, so an
-    import here would bring back the import loop.
+    """The model cache's old names say where the functions are now (PEP 562).
 
     Examples
     --------
-    >>> import xrecon.models.cache, xrecon.runtime
-    >>> xrecon.runtime.cached_model is xrecon.models.cache.cached_model
-    True
+    >>> import xrecon.runtime
+    >>> xrecon.runtime.cached_model  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    AttributeError: xrecon.runtime.cached_model moved to xrecon.models.cache.cached_model: ...
     """
     if name in _MOVED_TO_CACHE:
-        from xrecon.models import cache
-
-        return getattr(cache, name)
+        raise AttributeError(f"xrecon.runtime.{name} moved to xrecon.models.cache.{name}: use "
+                             f"`from xrecon.models.cache import {name}`")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_MOVED_TO_CACHE))

@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xrecon.cube import DEFAULT_MASK, MASK_ATTR
 from xrecon.errors import CubeError
-from xrecon.masks import SCL_CLEAR_DEFAULT, scl_clear
+from xrecon.masks import DEFAULT_MASK, MASK_ATTR, SCL_CLEAR_DEFAULT, scl_clear
 
 __all__ = ["from_stac", "solar_day", "StacError", "S2_BASELINE_OFFSET_FROM", "S2_SCALE", "S2_OFFSET"]
 

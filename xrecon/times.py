@@ -11,9 +11,13 @@ import pandas as pd
 
 from xrecon.errors import QueryTimesError
 
-__all__ = ["parse_query_times", "to_days", "to_ns", "day_of_year", "MAX_QUERY_TIMES"]
+__all__ = ["parse_query_times", "to_days", "to_ns", "day_of_year", "days_since", "MAX_QUERY_TIMES", "DATE_ORIGIN"]
 
 _NS_PER_DAY = 86_400 * 10**9
+
+#: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``, the patch stream's default): frame dates
+#: are days since upstream's PASTIS reference day. The one place this day is written.
+DATE_ORIGIN = "2018-09-01"
 
 #: The most query times ``fill`` accepts unless ``max_query_times=`` raises it: a frequency such as "1s"
 #: over a year would otherwise ask for 31 million output dates (terabytes) without a word.
@@ -227,3 +231,15 @@ def day_of_year(times: pd.DatetimeIndex | np.ndarray) -> np.ndarray:
     """Datetimes -> day of year (1..366) as float64; the time of day is dropped."""
     index = pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]"))
     return index.dayofyear.to_numpy(dtype=np.float64)
+
+
+def days_since(times: object, origin: str = DATE_ORIGIN) -> np.ndarray:
+    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin`` (default :data:`DATE_ORIGIN`).
+
+    Examples
+    --------
+    >>> days_since(["2018-09-01", "2019-09-01T12:00"])
+    array([  0. , 365.5])
+    """
+    t = np.asarray(times, dtype="datetime64[ns]")
+    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")

@@ -1,4 +1,6 @@
-"""Samplers for diffusion models: small objects apart from the networks, on diffusers' schedulers.
+"""Diffusion, apart from the networks: the training noise schedule (:mod:`~xrecon.diffusion.schedule`),
+the samplers (:mod:`~xrecon.diffusion.samplers`, on diffusers' schedulers) and the sampling loop
+(:func:`sample`, :mod:`~xrecon.diffusion.sampling`).
 
 A sampler has the interface of a diffusers scheduler, reduced to what a sampling loop needs:
 ``set_timesteps(steps, device)`` returns the timesteps to visit, ``step(x0, t, sample)`` returns the
@@ -18,5 +20,8 @@ tensor([999, 749, 500, 250])
 """
 
 from xrecon.diffusion.samplers import DDIMSampler, DPMSolverSampler, Sampler, get_sampler, list_samplers
+from xrecon.diffusion.sampling import sample
+from xrecon.diffusion.schedule import add_noise, linear_alphas_cumprod
 
-__all__ = ["DDIMSampler", "DPMSolverSampler", "Sampler", "get_sampler", "list_samplers"]
+__all__ = ["DDIMSampler", "DPMSolverSampler", "Sampler", "add_noise", "get_sampler", "linear_alphas_cumprod",
+           "list_samplers", "sample"]

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from xrecon.errors import XreconError
-from xrecon.kernels import gap_days
+from xrecon.fill_blocks import gap_days
 from xrecon.times import to_days
 
 __all__ = [

@@ -60,41 +60,11 @@ register("linear", fill_linear, native=linear_native,
 register("whittaker", fill_whittaker, native=whittaker_native,
          summary="Whittaker smoother on irregular dates (fixed lam, or 'gcv' / 'vcurve')")
 
-register(
-    "neighbors",
-    "xrecon.methods.neighbors:fill_neighbors",
-    footprint="patch",
-    halo=8,  # = xrecon.methods.neighbors.MAX_RADIUS: the build step refuses a larger max_radius
-    build="xrecon.methods.neighbors:build",
-    options=("radius", "max_radius", "min_neighbors", "min_common", "adjust", "fallback"),
-    summary="same-date neighbours (5 x 5, growing to max_radius <= 8 px) plus each pixel's offset, then linear",
-)
-
-register(
-    "anytimeformer",
-    "xrecon.methods.anytimeformer:fill_anytimeformer",
-    build="xrecon.methods.anytimeformer:build",
-    options=("precision", "fallback"),
-    needs_checkpoint=True,
-    sar=True,
-    training="xrecon.training.tasks:AnytimeFormerTask",
-    summary="AnytimeFormer network (Tang et al. 2025), optical + SAR, any query day; needs checkpoint=",
-)
-
-register(
-    "restore-dit",
-    "xrecon.methods.restore_dit:fill_restore_dit",
-    footprint="patch",
-    halo=127,  # = xrecon.methods.restore_dit.HALO: tiles up to 128 px; the build step refuses larger ones
-    build="xrecon.methods.restore_dit:build",
-    options=("n_samples", "steps", "seed", "sampler", "tile", "overlap", "frames", "sar_window", "precision"),
-    outputs=("optical", "optical_std"),
-    needs_checkpoint=True,
-    sar=True,
-    training="xrecon.training.restore_dit:RestoreDiTTask",
-    summary="RESTORE-DiT diffusion transformer (Shu et al. 2025), optical + SAR, seam-free tiles, "
-            "n_samples -> optical_std; needs checkpoint=",
-)
+# The networks and the patch method register themselves next to their code, from their own constants
+# (halo, options); their modules import no torch.
+from xrecon.methods import anytimeformer as _anytimeformer  # noqa: E402, F401
+from xrecon.methods import neighbors as _neighbors  # noqa: E402, F401
+from xrecon.methods import restore_dit as _restore_dit  # noqa: E402, F401
 
 register(
     "ensemble",

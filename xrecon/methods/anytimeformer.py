@@ -24,10 +24,13 @@ import numpy as np
 import pandas as pd
 
 from xrecon import neural
-from xrecon.methods.registry import BuildRequest, Method, Plan
+from xrecon.methods.registry import BuildRequest, Method, Plan, register
 from xrecon.times import to_ns
 
-__all__ = ["build", "fill_anytimeformer", "year_windows"]
+__all__ = ["OPTIONS", "build", "fill_anytimeformer", "year_windows"]
+
+#: The fill options of the method (besides those every method takes).
+OPTIONS = ("precision", "fallback")
 
 
 def build(method: Method, request: BuildRequest) -> Plan:
@@ -137,3 +140,17 @@ def fill_anytimeformer(
     if fallback is not None:
         neural.fill_from_classical(out, values, valid, t, tq, fallback, edges)
     return out
+
+
+# Registered here; its training task is AnytimeFormer's (named, not imported: importing xrecon imports no torch).
+register(
+    "anytimeformer",
+    f"{__name__}:fill_anytimeformer",
+    build=f"{__name__}:build",
+    options=OPTIONS,
+    needs_checkpoint=True,
+    sar=True,
+    training="xrecon.training.tasks:AnytimeFormerTask",
+    summary="AnytimeFormer network (Tang et al. 2025), optical + SAR, any query day; needs checkpoint=",
+)
+

@@ -106,7 +106,7 @@ def build(method: Method, request: BuildRequest) -> Plan:
 def _run_member(member: Method, plan: Plan, values: np.ndarray, valid: np.ndarray, sar: np.ndarray | None,
                 offset: tuple[int, int], halo: int, kw: dict[str, Any], edges: str) -> np.ndarray:
     """One member on the part of the window it needs -> its packed (Tq, K, Y, X) core (see ``xrecon.kernels``)."""
-    from xrecon.kernels import FillSpec, fill_patch, fill_pixels
+    from xrecon.fill_blocks import FillSpec, fill_patch, fill_pixels
 
     spec = FillSpec(method=member, plan=plan, times=kw["times"], query_times=kw["query"],
                     sar_times=kw["sar_times"] if plan.use_sar else None, edges=edges, keep_observed=False,

@@ -33,6 +33,7 @@ import numpy as np
 
 from xrecon.errors import MethodError
 from xrecon.methods import _common
+from xrecon.methods.registry import register
 
 if TYPE_CHECKING:
     from xrecon.methods.registry import BuildRequest, Method, Plan
@@ -337,3 +338,17 @@ def fill_neighbors(
             k = pos[q]
             np.copyto(out[q], estimate[k], where=done[k][None])
     return out
+
+
+# Registered here, from this module's own constants: the halo is the reach the build step allows.
+register(
+    "neighbors",
+    f"{__name__}:fill_neighbors",
+    footprint="patch",
+    halo=MAX_RADIUS,
+    build=f"{__name__}:build",
+    options=OPTIONS,
+    summary=f"same-date neighbours (5 x 5, growing to max_radius <= {MAX_RADIUS} px) plus each pixel's offset, "
+            "then linear",
+)
+

@@ -68,7 +68,7 @@ import numpy as np
 
 from xrecon import neural
 from xrecon.errors import CheckpointError, MethodError
-from xrecon.methods.registry import BuildRequest, Method, Plan
+from xrecon.methods.registry import BuildRequest, Method, Plan, register
 from xrecon.rng import hash_uniform
 from xrecon.times import to_ns
 
@@ -461,3 +461,21 @@ def fill_restore_dit(
             np.copyto(out_mean[qi], values[ti], where=valid[ti][None])
             np.copyto(out_std[qi], 0.0, where=valid[ti][None])
     return {"optical": out_mean, "optical_std": out_std}
+
+
+# Registered here, from this module's own constants: the halo covers the largest tile the build step allows.
+register(
+    "restore-dit",
+    f"{__name__}:fill_restore_dit",
+    footprint="patch",
+    halo=HALO,
+    build=f"{__name__}:build",
+    options=OPTIONS,
+    outputs=("optical", "optical_std"),
+    needs_checkpoint=True,
+    sar=True,
+    training="xrecon.training.restore_dit:RestoreDiTTask",
+    summary="RESTORE-DiT diffusion transformer (Shu et al. 2025), optical + SAR, seam-free tiles, "
+            "n_samples -> optical_std; needs checkpoint=",
+)
+

@@ -39,10 +39,8 @@ Examples
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -53,7 +51,7 @@ from torch import Tensor, nn
 from xrecon.errors import CheckpointError, XreconError
 from xrecon.models.base import XreconModel, register_model
 from xrecon.models.batching import predict_in_batches
-from xrecon.runtime import file_sha256, resolve_device
+from xrecon.runtime import resolve_device
 
 __all__ = [
     "OFFICIAL_OPTICAL_BANDS",
@@ -61,9 +59,11 @@ __all__ = [
     "PRESETS",
     "AnytimeFormer",
     "AnytimeFormerConfig",
-    "from_official",
     "doy_encoding",
 ]
+
+# from_official (API.md's ``anytimeformer.from_official``) lives in xrecon.models.conversion, with the other
+# conversions of foreign checkpoints; xrecon.models binds it here.
 
 #: Sentinel-2 bands of the official Germany model, in the order of its inputs and outputs. The
 #: upstream code does not name them: its Google Earth Engine export keeps GEE's native order of the
@@ -590,149 +590,3 @@ class AnytimeFormer(XreconModel):
 
 def _names(bands: Sequence[str] | None) -> str:
     return f" ({', '.join(bands)})" if bands else ""
-
-
-# ------------------------------------------------------------------------------------------------
-# the official release
-
-def _official_key_map(n_groups: int, with_sar: bool) -> dict[str, tuple[str, ...]]:
-    """xrecon parameter name -> the upstream parameter(s) it is made of (several are concatenated)."""
-    m: dict[str, tuple[str, ...]] = {"embed_optical.weight": ("embedding_X.weight",),
-                                     "head.weight": ("reduce_dim.weight",), "head.bias": ("reduce_dim.bias",)}
-
-    def block(ours: str, theirs: str) -> None:
-        a = f"{theirs}.slf_attn"
-        m[f"{ours}.qkv.weight"] = (f"{a}.w_qs.weight", f"{a}.w_ks.weight", f"{a}.w_vs.weight")
-        m[f"{ours}.proj.weight"] = (f"{a}.fc.weight",)
-        for p in ("weight", "bias"):
-            m[f"{ours}.norm1.{p}"] = (f"{theirs}.layer_norm.{p}",)
-            m[f"{ours}.ffn_in.{p}"] = (f"{theirs}.pos_ffn.w_1.{p}",)
-            m[f"{ours}.ffn_out.{p}"] = (f"{theirs}.pos_ffn.w_2.{p}",)
-            m[f"{ours}.norm2.{p}"] = (f"{theirs}.pos_ffn.layer_norm.{p}",)
-
-    def cross(ours: str, theirs: str) -> None:
-        for a, b in (("q", "w_qs"), ("k", "w_ks"), ("v", "w_vs"), ("proj", "fc")):
-            m[f"{ours}.{a}.weight"] = (f"{theirs}.{b}.weight",)
-
-    for i in range(n_groups):
-        block(f"encoder.{i}", f"encoder.{i}")
-    cross("decoder", "decoder.timeindex_attn")
-    if with_sar:
-        m["embed_sar.weight"] = ("embedding_X_aux.linear.weight",)
-        cross("align", "timealign_attention")
-        m["fusion.w_optical"] = ("tensorfusion.w_x",)
-        m["fusion.w_sar"] = ("tensorfusion.w_x_aux",)
-        block("fusion_block", "multimodal_encoder")
-    return m
-
-
-def from_official(
-    path: str | os.PathLike,
-    optical_mean: Sequence[float],
-    optical_std: Sequence[float],
-    sar_mean: Sequence[float] | None = None,
-    sar_std: Sequence[float] | None = None,
-    *,
-    optical_bands: Sequence[str] | None = OFFICIAL_OPTICAL_BANDS,
-    sar_bands: Sequence[str] | None = OFFICIAL_SAR_BANDS,
-    n_heads: int = 4,
-    n_group_inner_layers: int = 1,
-    diagonal_mask: bool = True,
-    device: str | torch.device | None = None,
-) -> AnytimeFormer:
-    """An :class:`AnytimeFormer` with the weights of an official AnytimeFormer release file.
-
-    The official ``.ckpt`` files are bare PyTorch state dicts without normalization statistics
-    (upstream keeps them in its HDF data files), so those are given here and stored in the model;
-    ``model.save`` then writes a self-contained xrecon checkpoint.
-
-    Parameters
-    ----------
-    path
-        An upstream checkpoint such as ``best_model_40%.ckpt`` or ``best_model_anytime.ckpt``.
-    optical_mean, optical_std
-        Per-band reflectance statistics (0-1 units) the model was trained with (upstream
-        ``X_mean``, ``X_std``), in the band order of ``optical_bands``.
-    sar_mean, sar_std
-        Per-band backscatter statistics in dB (upstream ``X_aux_mean``, ``X_aux_std``); required
-        for a model with SAR.
-    optical_bands, sar_bands
-        Band names stored with the model (default: the official model's, see
-        :data:`OFFICIAL_OPTICAL_BANDS`); ``None`` if unknown.
-    n_heads, n_group_inner_layers, diagonal_mask
-        Settings the weights cannot tell; the defaults are the official configuration.
-    device
-        Where to put the model: None = "cuda" if available, else "cpu".
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing, unreadable, or not an AnytimeFormer state dict.
-
-    Examples
-    --------
-    >>> from xrecon.models import anytimeformer
-    >>> model = anytimeformer.from_official(  # doctest: +SKIP
-    ...     "best_model_40%.ckpt",
-    ...     optical_mean=[0.045, 0.072, 0.065, 0.105, 0.205, 0.245, 0.262, 0.275, 0.198, 0.122],
-    ...     optical_std=[0.03, 0.032, 0.042, 0.041, 0.068, 0.088, 0.097, 0.099, 0.071, 0.062],
-    ...     sar_mean=[-12.0, -18.0], sar_std=[3.0, 3.5])
-    >>> model.save("anytimeformer_germany_40pct.xrecon")  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"official checkpoint file not found: {os.fspath(path)!r}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign or unsafe file
-        raise CheckpointError(f"{path.name!r} is not a readable PyTorch state dict "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]  # tolerate a wrapped state dict
-    need = ("embedding_X.weight", "reduce_dim.weight", "decoder.timeindex_attn.w_qs.weight")
-    if not isinstance(sd, dict) or any(k not in sd for k in need):
-        raise CheckpointError(f"{path.name!r} is not an official AnytimeFormer checkpoint "
-                              f"(expected a state dict with {', '.join(need)})")
-    D, C = sd["embedding_X.weight"].shape
-    with_sar = "tensorfusion.w_x" in sd
-    n_groups = len({k.split(".")[1] for k in sd if k.startswith("encoder.")})
-    hd = sd["decoder.timeindex_attn.w_qs.weight"].shape[0]
-    hv = sd["decoder.timeindex_attn.w_vs.weight"].shape[0]
-    if hd % n_heads or hv % n_heads:
-        raise CheckpointError(f"{path.name!r}: attention width {hd} is not divisible by n_heads={n_heads}")
-    try:
-        config = AnytimeFormerConfig(
-            n_optical_bands=C,
-            n_sar_bands=sd["embedding_X_aux.linear.weight"].shape[1] if with_sar else 0,
-            d_model=D, d_inner=sd["encoder.0.pos_ffn.w_1.weight"].shape[0] if n_groups else D,
-            n_heads=n_heads, d_k=hd // n_heads, d_v=hv // n_heads, n_groups=n_groups,
-            n_group_inner_layers=n_group_inner_layers,
-            fusion_rank=sd["tensorfusion.w_x"].shape[0] if with_sar else 1,
-            diagonal_mask=diagonal_mask,
-        )
-        model = AnytimeFormer(config)
-        ours = {}
-        for name, theirs in _official_key_map(n_groups, with_sar).items():
-            ours[name] = torch.cat([sd[k] for k in theirs], 0)
-    except KeyError as err:
-        raise CheckpointError(f"{path.name!r} lacks the AnytimeFormer parameter {err.args[0]!r}") from err
-    ours.update({k: v for k, v in model.state_dict().items() if k.endswith(("_mean", "_std"))})
-    try:
-        model.load_state_dict(ours, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path.name!r} does not fit the AnytimeFormer architecture: {err}") from err
-    if "position_enc.pos_table" in sd:
-        # The official model carries its time code as a table: check ours gives the same numbers.
-        table = sd["position_enc.pos_table"]
-        ref = model.time_code(torch.arange(table.shape[0], dtype=torch.float32))
-        if table.shape != ref.shape or not torch.allclose(table, ref, atol=1e-6):
-            raise CheckpointError(f"{path.name!r} uses a time encoding xrecon does not reproduce")
-    model.set_normalization(optical_mean, optical_std, sar_mean, sar_std)
-    for names, n, what in ((optical_bands, C, "optical_bands"), (sar_bands, config.n_sar_bands, "sar_bands")):
-        if names is not None and len(names) != n:
-            raise XreconError(f"{what} must name {n} band(s), got {list(names)!r}")
-    model.optical_bands = None if optical_bands is None else list(optical_bands)
-    model.sar_bands = None if (sar_bands is None or not config.n_sar_bands) else list(sar_bands)
-    model.metadata = {"source": "official AnytimeFormer release (tangkai-RS/AnytimeFormer, Apache-2.0)",
-                      "official_file": path.name, "official_sha256": file_sha256(path)}
-    return model.eval().to(resolve_device(device))

@@ -178,6 +178,7 @@ class XreconModel(nn.Module):
             config = cls.config_class(**payload["config"])
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"checkpoint config does not fit {cls.__name__}: {err}") from err
+        _check_finite(payload["state_dict"], payload.get("model") or cls.__name__)
         model = cls(config)
         try:
             model.load_state_dict(payload["state_dict"], strict=True)
@@ -187,6 +188,34 @@ class XreconModel(nn.Module):
         model.sar_bands = _names(payload.get("sar_bands"), "sar_bands")
         model.metadata = dict(payload.get("metadata") or {})
         return model.eval()
+
+
+def non_finite_tensors(state_dict: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity.
+
+    Examples
+    --------
+    >>> non_finite_tensors({"w": torch.ones(2), "b": torch.tensor([0.0, float("nan")]), "n": torch.ones(1).long()})
+    ['b']
+    """
+    return sorted(str(k) for k, v in state_dict.items()
+                  if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())
+                  and not bool(torch.isfinite(v).all()))
+
+
+def _check_finite(state_dict: Mapping[str, Any], what: str) -> None:
+    """Refuse weights or normalization buffers that are not finite: what a diverged run leaves.
+
+    A network with NaN weights predicts NaN everywhere, and ``fill`` would then quietly take every
+    value from its fallback while the provenance names the network.
+    """
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise CheckpointError(
+            f"the {what} checkpoint's weights are not finite (NaN or inf) in {len(bad)} tensor(s): {shown}; "
+            "the run that saved it diverged: train again (e.g. with a lower lr=) or use an earlier checkpoint"
+        )
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -271,8 +300,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> X
     Raises
     ------
     CheckpointError
-        For a missing, foreign, damaged or unsafe file, an unknown model name, or weights that do
-        not match the recorded config.
+        For a missing, foreign, damaged or unsafe file, an unknown model name, weights that do
+        not match the recorded config, or weights or normalization statistics that are not finite
+        (NaN or inf: what a diverged run leaves; the message names the tensors).
 
     Examples
     --------
@@ -287,5 +317,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> X
         raise CheckpointError(
             f"{Path(path).name!r} holds a {name!r} model, which this xrecon does not know; known: {list_models()}"
         )
-    model = _REGISTRY[name].from_checkpoint(payload)
+    try:
+        model = _REGISTRY[name].from_checkpoint(payload)
+    except CheckpointError as err:
+        raise CheckpointError(f"{Path(path).name!r}: {err}") from err.__cause__
     return model.to(resolve_device(device))

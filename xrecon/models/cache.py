@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from xrecon.errors import CheckpointError
+from xrecon.models import base
 from xrecon.runtime import file_sha256, resolve_device
 
 if TYPE_CHECKING:
@@ -91,10 +92,6 @@ def cached_model(path: str | os.PathLike, sha256: str | None, device: str | torc
     True
     >>> clear_model_cache()
     """
-    # Looked up on the package at call time, not bound at import: a replaced xrecon.models.load
-    # (tests count the loads that way) is the one used, as before this function moved here.
-    from xrecon.models import load
-
     dev = resolve_device(device)
     key = (os.path.abspath(os.fspath(path)), sha256 or "", str(dev))
     # One lock for the whole load: with dask's threaded scheduler many tasks start at once, and
@@ -111,7 +108,7 @@ def cached_model(path: str | os.PathLike, sha256: str | None, device: str | torc
                     f"checkpoint {Path(path).name!r} changed: its sha256 is {actual[:12]}..., "
                     f"expected {sha256[:12]}... (recompute the graph with the current file)"
                 )
-        model = load(path, device=dev)
+        model = base.load(path, device=dev)  # looked up at call time: a test may count the loads
         _cache[key] = model
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)

@@ -21,7 +21,8 @@ Model units are upstream's: reflectance and backscatter mapped to [-1, 1] by the
 normalization buffers (see :meth:`RestoreDiT.to_model_units`). Frame dates are days since
 ``config.date_origin`` (upstream: days since 2018-09-01, its PASTIS reference day).
 
-The sampling loop is :func:`sample`; the samplers themselves live in :mod:`xrecon.diffusion`.
+The sampling loop :func:`sample` (re-exported here) lives with the samplers and the noise schedule in
+:mod:`xrecon.diffusion`.
 
 Examples
 --------
@@ -39,10 +40,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,10 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xrecon.errors import CheckpointError, MethodError, XreconError
+from xrecon.diffusion.sampling import UNITS, sample
+from xrecon.errors import MethodError, XreconError
 from xrecon.models.base import XreconModel, register_model
-from xrecon.runtime import resolve_device
+from xrecon.times import DATE_ORIGIN, days_since
 
+# from_upstream (API.md's ``restore_dit.from_upstream``) lives in xrecon.models.conversion, with the other
+# conversions of foreign checkpoints; xrecon.models binds it here.
 __all__ = [
     "PRESETS",
     "UPSTREAM_SDT_DEFAULTS",
@@ -62,10 +64,10 @@ __all__ = [
     "TileSizeError",
     "date_embedding",
     "days_since_origin",
-    "from_upstream",
     "position_embedding",
     "sample",
     "timestep_embedding",
+    "UNITS",
 ]
 
 
@@ -94,7 +96,7 @@ class RestoreDiTConfig:
     learn_sigma: bool = False  # upstream option: 2 C outputs, of which the first C are x0
     frequency_embedding_size: int = 256  # width of the diffusion-timestep sinusoid
     date_period: float = 10000.0  # the T of the date sinusoid: frequencies 1 / T^(2i/D)
-    date_origin: str = "2018-09-01"  # frame dates are days since this day (ISO date)
+    date_origin: str = DATE_ORIGIN  # frame dates are days since this day (ISO date; xrecon.times.DATE_ORIGIN)
     num_train_timesteps: int = 1000  # the diffusion schedule the network was trained for
 
     def __post_init__(self) -> None:
@@ -201,16 +203,16 @@ def position_embedding(dim: int, rows: int, cols: int) -> Tensor:
     return torch.cat([_sincos_1d(dim // 2, c.reshape(-1)), _sincos_1d(dim // 2, r.reshape(-1))], dim=1).float()
 
 
-def days_since_origin(times: Any, origin: str = "2018-09-01") -> np.ndarray:
-    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin``, the network's date units.
+def days_since_origin(times: Any, origin: str = DATE_ORIGIN) -> np.ndarray:
+    """Dates (anything ``numpy.datetime64`` takes) -> float64 days since ``origin``, the network's date units
+    (:func:`xrecon.times.days_since`).
 
     Examples
     --------
     >>> days_since_origin(["2018-09-01", "2019-09-01T12:00"])
     array([  0. , 365.5])
     """
-    t = np.asarray(times, dtype="datetime64[ns]")
-    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")
+    return days_since(times, origin)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,288 +570,3 @@ class RestoreDiT(XreconModel):
         """
         t = self.check_inputs(x, t, dates, sar, valid)
         return self(x, t, dates, sar, valid)[:, :, : self.config.n_optical_bands]
-
-
-# --------------------------------------------------------------------------------------------------
-# upstream checkpoints
-
-def _upstream_names(depth: int, with_sar: bool) -> tuple[dict[str, str], set[str]]:
-    """Upstream ``SDT`` state-dict names -> ours, and the upstream names that are read but not used."""
-    names: dict[str, str] = {}
-    unused = {"pos_embed", "time_embed", "y_embedder.embedding_table.weight"}  # fixed tables; class labels
-
-    def pair(up: str, ours: str, use: bool = True) -> None:
-        for kind in ("weight", "bias"):
-            if use:
-                names[f"{up}.{kind}"] = f"{ours}.{kind}"
-            else:
-                unused.add(f"{up}.{kind}")
-
-    pair("x_embedder.proj", "x_embed")
-    pair("cond_embedder.proj", "sar_embed", with_sar)  # upstream builds it whatever cross_attention says
-    pair("t_embedder.mlp.0", "t_embed.0")
-    pair("t_embedder.mlp.2", "t_embed.2")
-    pair("final_layer.linear", "final_linear")
-    pair("final_layer.adaLN_modulation.1", "final_ada")
-    for i in range(depth):
-        up, ours = f"blocks.{i}", f"blocks.{i}"
-        cab = f"{up}.CrossAttentionBlock"
-        cross_names = {f"{cab}.norm_x": f"{ours}.cross_norm_x", f"{cab}.norm_SAR": f"{ours}.cross_norm_sar",
-                       f"{cab}.adaLN_modulation.1": f"{ours}.cross_ada"}
-        for which in ("spatial", "temporal"):
-            for proj in ("q", "k", "v"):
-                cross_names[f"{cab}.{which}_attn.w{proj}"] = f"{ours}.cross_{which}.{proj}"
-            cross_names[f"{cab}.{which}_attn.proj"] = f"{ours}.cross_{which}.proj"
-        for u, o in cross_names.items():
-            pair(u, o, with_sar)  # upstream builds this block always, and skips it when cross_attention=False
-        pair(f"{up}.TemporalBlock.temporal_norm1", f"{ours}.temporal_norm")
-        pair(f"{up}.TemporalBlock.temporal_attn.qkv", f"{ours}.temporal_attn.qkv")
-        pair(f"{up}.TemporalBlock.temporal_attn.proj", f"{ours}.temporal_attn.proj")
-        pair(f"{up}.TemporalBlock.adaLN_modulation.1", f"{ours}.temporal_ada")
-        pair(f"{up}.SpatialBlock.attn.qkv", f"{ours}.spatial_attn.qkv")
-        pair(f"{up}.SpatialBlock.attn.proj", f"{ours}.spatial_attn.proj")
-        pair(f"{up}.SpatialBlock.adaLN_modulation.1", f"{ours}.spatial_ada")
-        pair(f"{up}.mlp.fc1", f"{ours}.mlp_fc1")
-        pair(f"{up}.mlp.fc2", f"{ours}.mlp_fc2")
-        pair(f"{up}.adaLN_modulation.1", f"{ours}.mlp_ada")
-    return names, unused
-
-
-def _short(keys: Sequence[str], n: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def from_upstream(
-    path: str | os.PathLike,
-    *,
-    optical_bands: Sequence[str] | None = None,
-    sar_bands: Sequence[str] | None = None,
-    optical_offset: float | Sequence[float] = 0.4,
-    optical_scale: float | Sequence[float] = 0.4,
-    sar_offset: float | Sequence[float] = 0.0,
-    sar_scale: float | Sequence[float] = 1.0,
-    date_origin: str = "2018-09-01",
-    device: str | torch.device | None = None,
-    **sdt_kwargs: Any,
-) -> RestoreDiT:
-    """A :class:`RestoreDiT` with the weights of an upstream RESTORE-DiT (``SDT``) training checkpoint.
-
-    Parameters
-    ----------
-    path
-        A file written by upstream's trainer: ``{"epoch": ..., "model_state_dict": {...}}``, keys prefixed
-        with ``module.`` (``DataParallel``); a bare ``SDT`` state dict is taken too.
-    **sdt_kwargs
-        The arguments upstream's ``SDT(...)`` was built with (``patch_size``, ``in_channels``,
-        ``hidden_size``, ``depth``, ``num_heads``, ``mlp_ratio``, ``cond_in_channels``, ``cross_attention``,
-        ``learn_sigma``, ``input_size``, ``num_frames``, ...); those not given take ``SDT``'s defaults
-        (:data:`UPSTREAM_SDT_DEFAULTS`). ``input_size`` and ``num_frames`` only sized upstream's fixed tables;
-        this network computes them for each input.
-    optical_bands, sar_bands
-        Band names stored with the model; ``None`` if unknown.
-    optical_offset, optical_scale, sar_offset, sar_scale
-        The normalization (see :class:`RestoreDiT`), per band or one for all; upstream keeps its SAR
-        statistics in its data files, so give ``sar_offset=mean`` and ``sar_scale=2 * std``.
-    date_origin
-        The day the checkpoint's frame dates count from (upstream PASTIS: 2018-09-01).
-    device
-        Where to put the model: None = "cuda" if available, else "cpu".
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing or unreadable, holds names this mapping does not know or lacks some it
-        needs (both listed), or tensors whose shapes do not fit the ``SDT`` arguments.
-
-    Examples
-    --------
-    >>> from xrecon.models import restore_dit
-    >>> model = restore_dit.from_upstream("checkpoint.pth", input_size=128, patch_size=4,  # doctest: +SKIP
-    ...     in_channels=10, hidden_size=256, depth=4, num_heads=4, num_frames=15, cond_in_channels=3)
-    >>> model.save("restore_dit.xrecon")  # doctest: +SKIP
-    """
-    unknown_args = set(sdt_kwargs) - set(UPSTREAM_SDT_DEFAULTS)
-    if unknown_args:
-        raise MethodError(f"SDT takes no arguments {sorted(unknown_args)}; its arguments are "
-                          f"{sorted(UPSTREAM_SDT_DEFAULTS)}")
-    a = {**UPSTREAM_SDT_DEFAULTS, **sdt_kwargs}
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"upstream checkpoint file not found: {os.fspath(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign or unsafe file
-        raise CheckpointError(f"{path.name!r} is not a readable PyTorch checkpoint "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
-    sd = payload.get("model_state_dict", payload) if isinstance(payload, Mapping) else None
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path.name!r} is not an upstream RESTORE-DiT checkpoint "
-                              "(expected {'model_state_dict': {name: tensor}})")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-
-    cond = int(a["cond_in_channels"]) > 0 and bool(a["cross_attention"])
-    try:
-        config = RestoreDiTConfig(
-            n_optical_bands=int(a["in_channels"]), n_sar_bands=int(a["cond_in_channels"]) if cond else 0,
-            hidden_size=int(a["hidden_size"]), depth=int(a["depth"]), num_heads=int(a["num_heads"]),
-            patch_size=int(a["patch_size"]), mlp_ratio=float(a["mlp_ratio"]), learn_sigma=bool(a["learn_sigma"]),
-            date_origin=date_origin)
-    except XreconError as err:
-        raise CheckpointError(f"SDT arguments do not make a RESTORE-DiT: {err}") from err
-    names, unused = _upstream_names(config.depth, cond)
-    unknown = set(sd) - set(names) - unused
-    missing = set(names) - set(sd)
-    if unknown or missing:
-        parts = []
-        if unknown:
-            parts.append(f"names it does not know: {_short(list(unknown))}")
-        if missing:
-            parts.append(f"missing names: {_short(list(missing))}")
-        raise CheckpointError(f"{path.name!r} does not fit SDT(depth={config.depth}, "
-                              f"cross_attention={a['cross_attention']}): " + "; ".join(parts))
-
-    model = RestoreDiT(config)
-    own = model.state_dict()
-    state = {}
-    for up, ours in names.items():
-        if tuple(sd[up].shape) != tuple(own[ours].shape):
-            raise CheckpointError(f"{path.name!r}: {up!r} has shape {tuple(sd[up].shape)}, SDT arguments give "
-                                  f"{tuple(own[ours].shape)}; check the SDT arguments")
-        state[ours] = sd[up].float()
-    if "pos_embed" in sd:
-        # upstream's frozen table: checks the grid orientation and size the arguments claim
-        n = sd["pos_embed"].shape[1]
-        g = math.isqrt(n)
-        want = int(a["input_size"]) // config.patch_size
-        if g != want or g * g != n:
-            raise CheckpointError(f"{path.name!r}: pos_embed has {n} positions, input_size={a['input_size']} and "
-                                  f"patch_size={config.patch_size} give {want}x{want}")
-        if not torch.allclose(sd["pos_embed"][0].float(), position_embedding(config.hidden_size, g, g), atol=1e-5):
-            raise CheckpointError(f"{path.name!r}: pos_embed is not upstream's fixed 2-D sin-cos table")
-    units = {"optical_offset": optical_offset, "optical_scale": optical_scale,
-             "sar_offset": sar_offset, "sar_scale": sar_scale}
-    for name, value in units.items():
-        value = torch.as_tensor(value, dtype=torch.float32)
-        if value.ndim > 1 or value.numel() not in (1, own[name].numel()):
-            raise XreconError(f"{name} must be one value or one per band ({own[name].numel()}), got {value.tolist()}")
-        state[name] = value.expand_as(own[name]).clone()
-    model.load_state_dict(state, strict=True)
-    model.optical_bands = None if optical_bands is None else list(optical_bands)
-    model.sar_bands = None if sar_bands is None else list(sar_bands)
-    if model.optical_bands is not None and len(model.optical_bands) != config.n_optical_bands:
-        raise XreconError(f"optical_bands has {len(model.optical_bands)} names, the model {config.n_optical_bands}")
-    if model.sar_bands is not None and len(model.sar_bands) != config.n_sar_bands:
-        raise XreconError(f"sar_bands has {len(model.sar_bands)} names, the model {config.n_sar_bands}")
-    model.metadata = {"source": "upstream SDT checkpoint", "file": path.name,
-                      "sdt_arguments": {k: (v if isinstance(v, str | int | float | bool) else str(v))
-                                        for k, v in a.items()}}
-    if isinstance(payload, Mapping) and isinstance(payload.get("epoch"), int):
-        model.metadata["epoch"] = payload["epoch"]
-    return model.eval().to(resolve_device(device))
-
-
-# --------------------------------------------------------------------------------------------------
-# sampling
-
-UNITS = ("upstream", "model")
-
-
-@torch.no_grad()
-def sample(
-    model: RestoreDiT,
-    image: Tensor,
-    mask: Tensor,
-    dates: Tensor | None = None,
-    sar: Tensor | None = None,
-    *,
-    noise: Tensor | None = None,
-    steps: int = 1,
-    generator: torch.Generator | None = None,
-    sampler: str | Any = "dpm++",
-    n_samples: int = 1,
-    valid: Tensor | None = None,
-    units: str = "model",
-) -> Tensor:
-    """Reconstruct the masked pixels of a batch of sequences: upstream's sampling loop (``SeqDiffusionPipeline``).
-
-    At each step the network sees the current sample where ``mask`` is 1 and the observation where it
-    is 0; the sampler steps the sample from the network's x0 prediction, and the observed pixels are put
-    back (noised to the next step's level, clean after the last step).
-
-    Parameters
-    ----------
-    model
-        The denoiser.
-    image
-        ``(B, T, C, H, W)`` sequences in model units (any finite value where masked).
-    mask
-        ``(B, T, 1, H, W)`` or ``(B, T, C, H, W)``: 1 = reconstruct, 0 = observed.
-    dates, sar, valid
-        As for :meth:`RestoreDiT.denoise`.
-    noise
-        Initial Gaussian noise, of the shape of the result in model units; None: drawn with ``generator``
-        (on the CPU, as upstream, so that a seed gives the same noise on every device).
-    steps
-        Solver steps (upstream's evaluation: 1).
-    sampler
-        ``"dpm++"`` (upstream's), ``"ddim"``, or a sampler object (see :mod:`xrecon.diffusion`).
-    n_samples
-        Samples per sequence, batched into one network call per step.
-    units
-        ``"upstream"``: what upstream's pipeline returns, ``(x / 2 + 0.5).clamp(0, 1)``; ``"model"``: model
-        units, unclamped.
-
-    Returns
-    -------
-    Tensor
-        ``(B, T, C, H, W)`` when ``n_samples == 1``, else ``(n_samples, B, T, C, H, W)``, on ``image``'s device.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from xrecon.models import restore_dit
-    >>> model = restore_dit.RestoreDiT(restore_dit.PRESETS["tiny"]).eval()
-    >>> image, mask = torch.zeros(1, 2, 4, 8, 8), torch.ones(1, 2, 1, 8, 8)
-    >>> y = restore_dit.sample(model, image, mask, None, None, n_samples=3,  # doctest: +SKIP
-    ...                        generator=torch.Generator().manual_seed(0))
-    >>> y.shape  # doctest: +SKIP
-    torch.Size([3, 1, 2, 4, 8, 8])
-    """
-    from xrecon.diffusion import get_sampler
-
-    if units not in UNITS:
-        raise XreconError(f"units must be one of {UNITS}, got {units!r}")
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise XreconError(f"n_samples must be a positive integer, got {n_samples!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise XreconError(f"steps must be a positive integer, got {steps!r}")
-    B = image.shape[0]
-    model.check_inputs(image, 0, dates, sar, valid)
-    if mask.ndim != 5 or mask.shape[:2] != image.shape[:2] or mask.shape[3:] != image.shape[3:] \
-            or mask.shape[2] not in (1, image.shape[2]):
-        raise XreconError(f"mask must be (B, T, 1, H, W) or like image {tuple(image.shape)}, got {tuple(mask.shape)}")
-    shape = tuple(image.shape) if n_samples == 1 else (n_samples, *image.shape)
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu",
-                            dtype=image.dtype)
-    elif tuple(noise.shape) != shape:
-        raise XreconError(f"noise must have the shape of the result {shape}, got {tuple(noise.shape)}")
-    noise = noise.to(image.device, image.dtype).reshape(n_samples * B, *image.shape[1:])  # (n B, T, C, H, W)
-
-    def rep(v: Tensor | None) -> Tensor | None:  # sample-major: row s B + b is sample s of sequence b
-        return None if v is None else v.repeat(n_samples, *([1] * (v.ndim - 1)))
-
-    image, mask, dates, sar, valid = (rep(v) for v in (image, mask.to(image.dtype), dates, sar, valid))
-    solver = get_sampler(sampler, num_train_timesteps=model.config.num_train_timesteps)
-    timesteps = solver.set_timesteps(steps, device=image.device)
-    latents = noise
-    for i, t in enumerate(timesteps):
-        model_input = latents * mask + (1 - mask) * image  # noisy where reconstructed, clean where observed
-        x0 = model.denoise(model_input, t.expand(n_samples * B), dates, sar, valid=valid)  # (n B, T, C, H, W)
-        latents = solver.step(x0, t, latents, generator=generator)
-        known = image if i == len(timesteps) - 1 else solver.add_noise(image, noise, timesteps[i + 1: i + 2])
-        latents = (1 - mask) * known + mask * latents
-    out = (latents / 2 + 0.5).clamp(0, 1) if units == "upstream" else latents
-    return out.reshape(shape)
-

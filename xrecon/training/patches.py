@@ -24,6 +24,7 @@ import math
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 import xarray as xr
@@ -31,18 +32,14 @@ import xarray as xr
 from xrecon.cube import DEFAULT_SAR
 from xrecon.errors import XreconError
 from xrecon.holdout import check_gaps
-from xrecon.training.stream import _DEFAULT_BLOCK, BlockStream, _Block
+from xrecon.times import DATE_ORIGIN, days_since
+from xrecon.training.blockstream import DEFAULT_BLOCK, Block, BlockStream
 
-__all__ = ["PatchStream", "collate_patches", "sar_in_reach"]
+__all__ = ["PatchStream", "collate_patches", "sar_in_reach", "window_shares"]
 
-#: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``): days since upstream's PASTIS reference day.
-DEFAULT_DATE_ORIGIN = "2018-09-01"
+#: RESTORE-DiT's date convention (``RestoreDiTConfig.date_origin``): :data:`xrecon.times.DATE_ORIGIN`.
+DEFAULT_DATE_ORIGIN = DATE_ORIGIN
 _DONOR_TRIES = 4  # donor windows drawn per sample; the first whose clouds hide a usable share wins
-
-
-def _days_since(times: np.ndarray, origin: str) -> np.ndarray:
-    t = np.asarray(times, dtype="datetime64[ns]")
-    return (t - np.datetime64(origin, "ns")) / np.timedelta64(1, "D")
 
 
 def sar_in_reach(days: np.ndarray, sar_days: np.ndarray, max_days: float) -> list[np.ndarray]:
@@ -60,6 +57,23 @@ def sar_in_reach(days: np.ndarray, sar_days: np.ndarray, max_days: float) -> lis
         near = np.flatnonzero(dist <= max_days)
         out.append(near[np.lexsort((near, dist[near]))].astype(np.int64))
     return out
+
+
+def window_shares(tile_shares: np.ndarray, frames: int) -> np.ndarray:
+    """The clear share of every window of ``frames`` consecutive dates, from ``(T, ny, nx)`` per-date
+    clear shares of tiles (:meth:`PatchStream.clear_shares`): a flat array, one value per start date
+    and tile (empty when ``frames > T``).
+
+    Examples
+    --------
+    >>> window_shares(np.array([1.0, 0.0, 0.5, 0.5])[:, None, None], 2).tolist()
+    [0.5, 0.25, 0.5]
+    """
+    a = np.asarray(tile_shares, np.float64)
+    if a.shape[0] < frames or a.size == 0:
+        return np.zeros(0)
+    c = np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])
+    return ((c[frames:] - c[:-frames]) / frames).ravel()
 
 
 def collate_patches(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -104,7 +118,8 @@ class PatchStream(BlockStream):
         among the SAR dates finite at that pixel (the earlier on a tie; :func:`sar_in_reach`), as
         ``fill`` does; pixels with none in reach have ``sar_valid`` False and zeros.
     date_origin : str
-        ``dates`` are days since this day (RESTORE-DiT's convention; default upstream's 2018-09-01).
+        ``dates`` are days since this day (RESTORE-DiT's convention; default upstream's,
+        :data:`xrecon.times.DATE_ORIGIN`).
     gaps : "window", "clouds", "pixels" or int
         The simulated clouds. ``"window"``: the not-clear pixels of a donor window drawn from elsewhere
         in the block (another place and time, flipped), hiding 5-90 % of the window's clear pixels.
@@ -210,10 +225,32 @@ class PatchStream(BlockStream):
         self._dates, self._sar_reach = [], []
         for info in self._infos:
             cube = info.cube
-            days = _days_since(cube.optical["time"].values, self.date_origin)
-            sar_days = _days_since(cube.sar["sar_time"].values, self.date_origin) if cube.sar is not None else []
+            days = days_since(cube.optical["time"].values, self.date_origin)
+            sar_days = days_since(cube.sar["sar_time"].values, self.date_origin) if cube.sar is not None else []
             self._dates.append(days.astype(np.float32))
             self._sar_reach.append(sar_in_reach(days, np.asarray(sar_days, np.float64), sar_window))
+
+    def clear_shares(self, blocks: Sequence[Sequence[int]] | np.ndarray) -> list[np.ndarray]:
+        """Per block of ``blocks``: ``(T, ny, nx)``, the share of clear pixels on each date in each of the
+        block's ``size x size`` tiles (in one dask computation over the blocks' validity; the windows
+        :meth:`_make_samples` draws are not aligned to these tiles, but their shares are alike).
+
+        Examples
+        --------
+        >>> from xrecon.testing import synthetic_cube
+        >>> stream = PatchStream(synthetic_cube(ny=32, nx=32, seed=0), size=16, frames=4, block=32)
+        >>> [a.shape for a in stream.clear_shares(stream.blocks)]
+        [(65, 2, 2)]
+        """
+        lazy = []
+        for task in np.asarray(blocks, np.int64).reshape(-1, 3):
+            cube = self._infos[int(task[0])].cube
+            ys, xs = self.block_slices(task)
+            valid = cube.optical.isel(y=ys, x=xs).notnull().all("band")
+            if cube.clear is not None:
+                valid = valid & cube.clear.isel(y=ys, x=xs).astype(bool)
+            lazy.append(valid.coarsen(y=self.size, x=self.size, boundary="trim").mean().data)
+        return [np.asarray(a, np.float64) for a in dask.compute(*lazy, scheduler=self.scheduler)]
 
     def windows_per_block(self, by: int, bx: int, n_time: int) -> int:
         """Windows drawn from a ``by x bx`` block of ``n_time`` dates per epoch (0 when none fits)."""
@@ -224,7 +261,7 @@ class PatchStream(BlockStream):
         return (by // self.size) * (bx // self.size) * math.ceil(n_time / self.frames)
 
     # -- block -> samples --------------------------------------------------------------------------
-    def _make_samples(self, block: _Block, rng: np.random.Generator) -> list[dict[str, Any]]:
+    def _make_samples(self, block: Block, rng: np.random.Generator) -> list[dict[str, Any]]:
         n_time, _, by, bx = block.optical.shape
         s, f = self.size, self.frames
         n = self.windows_per_block(by, bx, n_time)
@@ -353,7 +390,7 @@ def _round_block(cubes: Sequence[xr.Dataset], optical: Hashable, block: int | tu
     """The block side(s) rounded up to a multiple of the window size (blocks are read alone)."""
     if block is None:
         chunks = cubes[0][optical].chunksizes if optical in cubes[0] else {}
-        by, bx = (chunks["y"][0], chunks["x"][0]) if chunks else (_DEFAULT_BLOCK, _DEFAULT_BLOCK)
+        by, bx = (chunks["y"][0], chunks["x"][0]) if chunks else (DEFAULT_BLOCK, DEFAULT_BLOCK)
     elif isinstance(block, int | np.integer):
         by = bx = int(block)
     else:

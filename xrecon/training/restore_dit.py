@@ -22,54 +22,95 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 
-from xrecon.errors import XreconError
+from xrecon.diffusion.schedule import add_noise, linear_alphas_cumprod
+from xrecon.errors import CubeError, XreconError
+from xrecon.holdout import check_gaps
 from xrecon.models.base import XreconModel
-from xrecon.training.patches import PatchStream
+from xrecon.times import DATE_ORIGIN
+from xrecon.training.patches import PatchStream, window_shares
 from xrecon.training.stats import NormStats
-from xrecon.training.tasks import TrainingTask
+from xrecon.training.tasks import TaskOptions, TrainingTask
 
-__all__ = ["VALIDATION_TIMESTEPS", "RestoreDiTTask", "add_noise", "linear_alphas_cumprod", "masked_mse"]
+__all__ = ["VALIDATION_TIMESTEPS", "RestoreDiTOptions", "RestoreDiTTask", "add_noise", "linear_alphas_cumprod",
+           "masked_mse"]
 
 #: The timesteps of the validation score: those of DPM-Solver++ with 1 to 4 steps (999 is the one step
 #: of the authors' evaluation, from pure noise).
 VALIDATION_TIMESTEPS = (999, 749, 500, 250)
 _VALIDATION_NOISE_SEED = 0
 _SAMPLE_BYTES_BUFFER = 512 * 2**20  # the shuffle buffer holds at most about this much
+_ENOUGH_WINDOWS = 0.1  # below this share of windows reaching the default min_clear, it adapts to the cube
 
 
-def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                          beta_end: float = 0.02) -> torch.Tensor:
-    """``(N,)`` float32 cumulative products of ``1 - beta`` of the linear schedule, as diffusers' DDPMScheduler.
+@dataclass(frozen=True)
+class RestoreDiTOptions(TaskOptions):
+    """RESTORE-DiT's training options: keywords of ``train(method="restore-dit", ...)`` and
+    ``xrecon train --method restore-dit --option KEY=VALUE``.
+
+    Attributes
+    ----------
+    tile : int
+        Side of the windows in pixels (at most; less on a small cube, a multiple of 16).
+    frames : int
+        Consecutive optical dates per window; by default at most the cubes' number of dates.
+    min_clear : float
+        Windows whose share of clear pixel-frames is below this are skipped. Not given, it is lowered
+        on a cloudy cube, with a warning, where fewer than a tenth of the windows would reach it.
+    sar_window : float
+        Days within which a frame takes the nearest SAR observation.
+    gaps : "window", "clouds", "pixels" or int
+        The simulated clouds: a donor window's clouds, or one of ``evaluate``'s hold-out shapes.
+    gap_fraction : float
+        The share of a block's clear observations hidden with ``evaluate``'s shapes.
+    augment : bool
+        Turn the windows by random flips and transpositions.
 
     Examples
     --------
-    >>> a = linear_alphas_cumprod()
-    >>> a.shape, round(float(a[0]), 6), float(a[-1]) < 1e-4
-    (torch.Size([1000]), 0.9999, True)
+    >>> RestoreDiTOptions(frames=6).frames
+    6
+    >>> RestoreDiTOptions(min_clear=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xrecon.errors.XreconError: min_clear must be a share in [0, 1], got 2; e.g. min_clear=0.2 ...
     """
-    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    return torch.cumprod(1.0 - betas, dim=0)
 
+    tile: int = 32
+    frames: int = 8
+    min_clear: float = 0.3
+    sar_window: float = 6.0
+    gaps: str | int = "window"
+    gap_fraction: float = 0.3
+    augment: bool = True
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` per sequence (``t`` (B,)), as ``DDPMScheduler.add_noise``.
-
-    Examples
-    --------
-    >>> x0, noise = torch.ones(2, 3), torch.zeros(2, 3)
-    >>> add_noise(x0, noise, torch.tensor([0, 999]), linear_alphas_cumprod())[:, 0]
-    tensor([0.9999, 0.0064])
-    """
-    a = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t.to(x0.device)]  # (B,)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    return a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise
+    def __post_init__(self) -> None:
+        for name in ("tile", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise XreconError(f"{name} must be a positive integer, got {value!r}; e.g. {name}=16")
+        for name, low, example in (("min_clear", 0, 0.2), ("gap_fraction", 0, 0.3)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+                    or not low <= value <= 1 or (name == "gap_fraction" and value == 0):
+                interval = "(0, 1]" if name == "gap_fraction" else "[0, 1]"
+                raise XreconError(f"{name} must be a share in {interval}, got {value!r}; e.g. {name}={example} "
+                                  f"(CLI --option {name}={example})")
+        days = self.sar_window
+        if isinstance(days, bool) or not isinstance(days, int | float | np.integer | np.floating) or not days >= 0:
+            raise XreconError(f"sar_window must be a number of days >= 0, got {self.sar_window!r}; e.g. sar_window=6")
+        if not (isinstance(self.gaps, str) and self.gaps == "window"):
+            check_gaps(self.gaps)
+        if not isinstance(self.augment, bool | np.bool_):
+            raise XreconError(f"augment must be True or False, got {self.augment!r}")
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -121,24 +162,37 @@ class RestoreDiTTask(TrainingTask):
     - **Validation**: that loss and the RMSE in reflectance of a one-step x0 prediction at each of
       :data:`VALIDATION_TIMESTEPS`, with noise from a fixed seed: deterministic.
 
-    Subclass it to change ``tile``, ``frames``, ``min_clear``, ``sar_window``, ``gaps`` or
-    ``gap_fraction``, and register the subclass as a method's ``training``.
+    - **Options** (:class:`RestoreDiTOptions`, keywords of ``train``): ``tile``, ``frames``,
+      ``min_clear``, ``sar_window``, ``gaps``, ``gap_fraction``, ``augment``. Where they are not given,
+      ``frames`` is at most the cubes' number of optical dates (:meth:`adapt_options`) and
+      ``min_clear`` is lowered, with a warning, on cloudy training blocks (:meth:`check_blocks`); a given
+      one that leaves nothing to train on is refused, naming the value that would work.
+
+    The class attributes ``tile``, ``frames``... are the options' defaults: a subclass may change them
+    (and be registered as a method's ``training``); the options of a run are :attr:`opts`.
     """
 
     name = "restore-dit"
     terms = ("hidden_share",)
     sample = "window"
     default_preset = "small"
-    tile: ClassVar[int] = 32
-    frames: ClassVar[int] = 8
-    min_clear: ClassVar[float] = 0.3
-    sar_window: ClassVar[float] = 6.0
-    gaps: ClassVar[str | int] = "window"
-    gap_fraction: ClassVar[float] = 0.3
+    options_type = RestoreDiTOptions
+    tile: ClassVar[int] = RestoreDiTOptions.tile
+    frames: ClassVar[int] = RestoreDiTOptions.frames
+    min_clear: ClassVar[float] = RestoreDiTOptions.min_clear
+    sar_window: ClassVar[float] = RestoreDiTOptions.sar_window
+    gaps: ClassVar[str | int] = RestoreDiTOptions.gaps
+    gap_fraction: ClassVar[float] = RestoreDiTOptions.gap_fraction
+    augment: ClassVar[bool] = RestoreDiTOptions.augment
 
     def __init__(self) -> None:
         self._alphas: torch.Tensor | None = None
         self._date_shift = 0.0
+        self._shares: dict[str, Any] | None = None  # what check_blocks found, for messages
+
+    def default_options(self) -> RestoreDiTOptions:
+        """The class attributes (a subclass's own, if it sets them) as options."""
+        return RestoreDiTOptions(**{name: getattr(type(self), name) for name in RestoreDiTOptions.names()})
 
     # -- the model -------------------------------------------------------------------------------
     def options(self) -> frozenset[str]:
@@ -174,10 +228,11 @@ class RestoreDiTTask(TrainingTask):
 
     # -- the data --------------------------------------------------------------------------------
     def tile_size(self, cubes: Sequence[xr.Dataset], optical: Any) -> int:
-        """The window side for ``cubes``: :attr:`tile`, or less for small cubes (a multiple of 16)."""
+        """The window side for ``cubes``: the ``tile`` option, or less for small cubes (a multiple of 16)."""
         side = min(min(ds[optical].sizes["y"], ds[optical].sizes["x"]) for ds in cubes)
         half = (side // 2) // 16 * 16
-        size = min(self.tile, half) if half >= 16 else min(self.tile, side // 16 * 16 or side)
+        tile = self.opts.tile
+        size = min(tile, half) if half >= 16 else min(tile, side // 16 * 16 or side)
         if size < 1:
             raise XreconError(f"the cubes are too small ({side} pixels) for RESTORE-DiT windows")
         return size
@@ -195,7 +250,79 @@ class RestoreDiTTask(TrainingTask):
         # (measured on one core: synthetic_cube(ny=96, nx=96, bands=4), preset "small", 0.3 s a step)
         return {"batch_size": 8, "validation_pixels": 64, "buffer_size": 256}
 
+    def adapt_options(self, cubes: Sequence[xr.Dataset], given: frozenset[str], optical: Any = "optical",
+                      ) -> RestoreDiTOptions:
+        """``frames`` at most the cubes' optical dates: the default lowered to them (with a warning), a
+        given value beyond them refused naming the most there are."""
+        o = self.opts
+        n_dates = max(int(ds[optical].sizes["time"]) for ds in cubes)
+        if o.frames <= n_dates:
+            return o
+        if "frames" in given:
+            raise CubeError(f"frames={o.frames}: the cubes have at most {n_dates} optical dates; pass "
+                            f"frames={n_dates} or fewer")
+        warnings.warn(f"RESTORE-DiT: the cubes have {n_dates} optical dates, fewer than the default frames="
+                      f"{o.frames}: training on windows of {n_dates} frames (pass frames= to choose)",
+                      UserWarning, stacklevel=4)
+        return dataclasses.replace(o, frames=n_dates)
+
+    def check_blocks(self, grid: Any, blocks: np.ndarray, given: frozenset[str]) -> RestoreDiTOptions:
+        """Refuse or adapt to training blocks whose windows are too cloudy for ``min_clear``.
+
+        The clear share of every window of ``frames`` dates over the blocks' aligned tiles
+        (:meth:`PatchStream.clear_shares`, one pass over the blocks' validity) is compared with
+        ``min_clear``. Where fewer than a tenth of them reach it: a default ``min_clear`` is lowered to
+        the median share (half the windows train), with a warning saying how little the cube has; a
+        given one that no window reaches is refused, naming a ``min_clear`` and a ``frames`` that work.
+        """
+        o = self.opts
+        if len(blocks) == 0:
+            return o
+        tiles = grid.clear_shares(blocks)
+        shares = np.concatenate([window_shares(t, o.frames) for t in tiles])
+        if shares.size == 0:  # no window fits the blocks: nothing_to_train says so
+            return o
+        best, reach = float(shares.max()), float((shares >= o.min_clear).mean())
+        if best <= 0:
+            raise CubeError("the training blocks hold no clear observation: nothing to train RESTORE-DiT on "
+                            "(check the mask= and that the optical values are not all NaN)")
+        positive = shares[shares > 0]
+        suggest = max(0.01, math.floor(float(np.median(positive)) * 100) / 100)
+        fewer = self._frames_for(tiles, o.frames, o.min_clear)
+        self._shares = {"best": best, "median": float(np.median(shares)), "min_clear": suggest, "frames": fewer}
+        if reach >= _ENOUGH_WINDOWS or suggest >= o.min_clear:
+            return o
+        if "min_clear" in given:
+            if reach > 0:
+                return o  # few windows, as asked
+            raise CubeError(self.nothing_to_train(None))
+        warnings.warn(
+            f"RESTORE-DiT: the training blocks are cloudy: windows of {o.frames} frames have at most "
+            f"{best:.0%} clear pixel-frames (half of them {float(np.median(shares)):.0%} or less), and "
+            f"{reach:.1%} of them reach the default min_clear={o.min_clear:g}: training with min_clear={suggest:g} "
+            "(pass min_clear= or frames= to choose)", UserWarning, stacklevel=4)
+        return dataclasses.replace(o, min_clear=suggest)
+
+    @staticmethod
+    def _frames_for(tiles: Sequence[np.ndarray], frames: int, min_clear: float) -> int | None:
+        """The most frames (fewer than ``frames``) for which a tenth of the windows reach ``min_clear``."""
+        for f in range(frames - 1, 0, -1):
+            shares = np.concatenate([window_shares(t, f) for t in tiles])
+            if shares.size and (shares >= min_clear).mean() >= _ENOUGH_WINDOWS:
+                return f
+        return None
+
+    def nothing_to_train(self, cfg: Any) -> str:
+        o, found = self.opts, self._shares
+        text = (f"no window of {o.frames} frames of the training blocks has {o.min_clear:.0%} clear pixel-frames "
+                f"(min_clear={o.min_clear:g})")
+        if not found:
+            return text + "; pass a smaller min_clear= or frames="
+        ways = [f"min_clear={found['min_clear']:g}"] + ([f"frames={found['frames']}"] if found["frames"] else [])
+        return text + f"; the best window has {found['best']:.0%}: pass " + " or ".join(ways)
+
     def stream(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> PatchStream:
+        o = self.opts
         size = self.tile_size(cubes, kwargs.get("optical", "optical"))
         if "buffer_size" in kwargs:
             # a window is far larger than a pixel-year: cap the buffer's memory
@@ -203,17 +330,19 @@ class RestoreDiTTask(TrainingTask):
             n_band = first[kwargs.get("optical", "optical")].sizes["band"]
             sar = kwargs.get("sar")
             n_sar = first[sar].sizes["sar_band"] if sar is not None and sar in first else 0
-            sample_bytes = self.frames * size * size * (4 * (n_band + n_sar) + 3)
+            sample_bytes = o.frames * size * size * (4 * (n_band + n_sar) + 3)
             kwargs["buffer_size"] = max(1, min(int(kwargs["buffer_size"]), _SAMPLE_BYTES_BUFFER // sample_bytes))
-        return PatchStream(cubes, size=size, frames=self.frames, min_clear=self.min_clear,
-                           sar_window=self.sar_window, gaps=self.gaps, gap_fraction=self.gap_fraction, **kwargs)
+        kwargs.setdefault("augment", o.augment)
+        return PatchStream(cubes, size=size, frames=o.frames, min_clear=o.min_clear,
+                           sar_window=o.sar_window, gaps=o.gaps, gap_fraction=o.gap_fraction, **kwargs)
 
     def provenance(self, cubes: Sequence[xr.Dataset], cfg: Any, **kwargs: Any) -> dict[str, Any]:
         """The windows trained on: ``tile`` (the side :meth:`tile_size` chose for these cubes),
         ``frames`` and ``sar_window``, the keys ``fill(method="restore-dit")`` takes its defaults from;
         and the simulated clouds (``gaps``, ``gap_fraction``)."""
-        return {"tile": int(self.tile_size(cubes, kwargs.get("optical", "optical"))), "frames": int(self.frames),
-                "sar_window": float(self.sar_window), "gaps": self.gaps, "gap_fraction": float(self.gap_fraction)}
+        o = self.opts
+        return {"tile": int(self.tile_size(cubes, kwargs.get("optical", "optical"))), "frames": int(o.frames),
+                "sar_window": float(o.sar_window), "gaps": o.gaps, "gap_fraction": float(o.gap_fraction)}
 
     # -- the steps -------------------------------------------------------------------------------
     def setup(self, model: XreconModel) -> None:
@@ -284,7 +413,5 @@ class RestoreDiTTask(TrainingTask):
 
 def _date_shift(model: Any) -> float:
     """Days to add to the stream's dates (since its origin) to get days since the model's origin."""
-    from xrecon.training.patches import DEFAULT_DATE_ORIGIN
-
     origin = np.datetime64(model.config.date_origin, "D")
-    return float((np.datetime64(DEFAULT_DATE_ORIGIN, "D") - origin) / np.timedelta64(1, "D"))
+    return float((np.datetime64(DATE_ORIGIN, "D") - origin) / np.timedelta64(1, "D"))

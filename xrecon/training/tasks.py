@@ -24,13 +24,16 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from xrecon.errors import CheckpointError, MethodError
+from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.models.base import XreconModel
+from xrecon.training.gaps import GapConfig
 from xrecon.training.losses import reconstruction_loss, take_days
 from xrecon.training.stats import NormStats, standardize_batch
 from xrecon.training.stream import BlockStream, PixelStream, pixel_loader
@@ -38,9 +41,112 @@ from xrecon.training.stream import BlockStream, PixelStream, pixel_loader
 if TYPE_CHECKING:
     import xarray as xr
 
-    from xrecon.training.trainer import TrainConfig
+    from xrecon.training.config import TrainConfig
 
-__all__ = ["AnytimeFormerTask", "TrainingTask"]
+__all__ = ["AnytimeFormerOptions", "AnytimeFormerTask", "NoOptions", "TaskOptions", "TrainingTask"]
+
+
+class TaskOptions:
+    """Base of a training task's own options: a frozen dataclass whose fields are keywords of
+    :func:`~xrecon.training.train` (and ``xrecon train --option KEY=VALUE``), saved in the checkpoints.
+
+    Subclasses are ``@dataclass(frozen=True)`` and check their values in ``__post_init__``
+    (:class:`~xrecon.errors.XreconError` naming the option and a value that works).
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for checkpoints and JSON."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Read what :meth:`to_dict` wrote (unknown keys are refused)."""
+        try:
+            return cls(**dict(d))
+        except TypeError as err:
+            raise XreconError(f"not {cls.__name__}: {err}") from None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options' names, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NoOptions(TaskOptions):
+    """The options of a task that has none of its own."""
+
+
+def _default_gaps() -> GapConfig:
+    # The paper's 25 % of random dates, plus cloudy seasons and real cloud patterns of the same cube.
+    return GapConfig(mode={"random": 2, "runs": 1, "transplant": 1}, fraction=0.25)
+
+
+@dataclass(frozen=True)
+class AnytimeFormerOptions(TaskOptions):
+    """AnytimeFormer's training options (keywords of ``train(method="anytimeformer", ...)``).
+
+    Attributes
+    ----------
+    gaps : GapConfig
+        Gap simulation of training and validation samples (``xrecon train --option`` also takes a
+        dict of its fields, e.g. ``gaps={'mode':'random','fraction':0.3}``).
+    loss : {"l1", "mse"}
+        Loss on hidden and kept observations (the paper: L1).
+    reconstruction_weight : float
+        Weight of the loss on the kept observations (the paper: 1).
+    anytime : bool
+        Anytime training: predict a daily grid (days 1..366) and add its total variation to the
+        loss (smoother curves between observations, about 1.6x the cost per step).
+    tv_weight : float
+        Weight of the total variation with ``anytime``.
+    window : {"year", None}
+        Samples are calendar years (as ``fill`` runs AnytimeFormer), see ``PixelStream``.
+    min_obs : int
+        Pixel-years with fewer clear observations are skipped.
+
+    Examples
+    --------
+    >>> AnytimeFormerOptions(loss="mse").loss
+    'mse'
+    >>> AnytimeFormerOptions.from_dict(AnytimeFormerOptions().to_dict()) == AnytimeFormerOptions()
+    True
+    """
+
+    gaps: GapConfig = field(default_factory=_default_gaps)
+    loss: str = "l1"
+    reconstruction_weight: float = 1.0
+    anytime: bool = False
+    tv_weight: float = 0.01
+    window: str | None = "year"
+    min_obs: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gaps, Mapping):
+            object.__setattr__(self, "gaps", GapConfig(**self.gaps))
+        for name in ("reconstruction_weight", "tv_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+                    or not math.isfinite(value) or value < 0:
+                raise XreconError(f"{name} must be a finite number >= 0, got {value!r}; e.g. {name}=0.01 "
+                                  f"(CLI --option {name}=0.01)")
+        if not isinstance(self.anytime, bool | np.bool_):
+            raise XreconError(f"anytime must be True or False, got {self.anytime!r}")
+        if not isinstance(self.min_obs, int | np.integer) or isinstance(self.min_obs, bool) or self.min_obs < 1:
+            raise XreconError(f"min_obs must be a positive integer, got {self.min_obs!r}")
+        if self.loss not in ("l1", "mse"):
+            raise XreconError(f"loss must be 'l1' or 'mse', got {self.loss!r}")
+        if self.window not in ("year", None):
+            raise XreconError(f"window must be 'year' or None, got {self.window!r}")
+        if not isinstance(self.gaps, GapConfig):
+            raise XreconError(f"gaps must be a GapConfig, got {type(self.gaps).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        g = self.gaps
+        out["gaps"] = {"mode": g.mode if isinstance(g.mode, str) else dict(g.mode), "fraction": g.fraction,
+                       "min_keep": g.min_keep, "n_runs": g.n_runs, "shift": g.shift}
+        return out
 
 
 class TrainingTask:
@@ -88,6 +194,46 @@ class TrainingTask:
     terms: ClassVar[tuple[str, ...]] = ()
     sample: ClassVar[str] = "sample"
     default_preset: ClassVar[str | None] = None
+    #: The task's own training options (a :class:`TaskOptions` dataclass): keywords of ``train``.
+    options_type: ClassVar[type] = NoOptions
+    #: The names of the options ``train`` was given (set by the trainer; the others are defaults).
+    given: frozenset[str] = frozenset()
+
+    # -- the task's options ----------------------------------------------------------------------
+    def default_options(self) -> Any:
+        """The options when ``train`` is given none of them: ``options_type()``."""
+        return self.options_type()
+
+    @property
+    def opts(self) -> Any:
+        """The options of this run (:meth:`configure`; the defaults until then)."""
+        opts = self.__dict__.get("_opts")
+        if opts is None:
+            opts = self.__dict__["_opts"] = self.default_options()
+        return opts
+
+    def configure(self, opts: Any) -> None:
+        """Use these options (an ``options_type`` instance) from now on."""
+        if not isinstance(opts, self.options_type):
+            raise MethodError(f"{type(self).__name__} takes {self.options_type.__name__} options, "
+                              f"got {type(opts).__name__}")
+        self.__dict__["_opts"] = opts
+
+    def adapt_options(self, cubes: Sequence[xr.Dataset], given: frozenset[str], optical: Any = "optical") -> Any:
+        """The options of a new run on ``cubes``, before any stream is made: the defaults of the options
+        not ``given`` may adapt to the cubes (RESTORE-DiT: ``frames`` at most their dates), and the given
+        ones may be refused, naming the option and a value that works. The default: :attr:`opts`."""
+        return self.opts
+
+    def check_blocks(self, grid: BlockStream, blocks: np.ndarray, given: frozenset[str]) -> Any:
+        """The options of a new run once its training ``blocks`` (of the stream ``grid``) are known: the
+        place to refuse data that give nothing to train on, or to adapt defaults to it with a warning
+        (RESTORE-DiT: ``min_clear`` on a cloudy cube). The default: :attr:`opts`."""
+        return self.opts
+
+    def nothing_to_train(self, cfg: TrainConfig) -> str:
+        """The message when an epoch of the training blocks gives no sample: what to change."""
+        return f"no {self.sample} of the training blocks can be trained on"
 
     # -- the model -------------------------------------------------------------------------------
     def presets(self) -> dict[str, str]:
@@ -301,6 +447,7 @@ class AnytimeFormerTask(TrainingTask):
     terms = ("imputation", "reconstruction", "tv")
     sample = "pixel-year"
     default_preset = "official"
+    options_type = AnytimeFormerOptions
 
     def __init__(self) -> None:
         self._norm: dict[str, Any] | None = None
@@ -334,7 +481,12 @@ class AnytimeFormerTask(TrainingTask):
         return net
 
     def stream(self, cubes: Sequence[xr.Dataset], cfg: TrainConfig, **kwargs: Any) -> PixelStream:
-        return PixelStream(cubes, window=cfg.window, min_obs=cfg.min_obs, gaps=cfg.gaps, **kwargs)
+        o = self.opts
+        return PixelStream(cubes, window=o.window, min_obs=o.min_obs, gaps=o.gaps, **kwargs)
+
+    def nothing_to_train(self, cfg: TrainConfig) -> str:
+        return (f"no {self.sample} of the training blocks has {self.opts.min_obs} clear observations (min_obs); "
+                "nothing to train on: pass a smaller min_obs= (e.g. min_obs=2) or a cube with more clear dates")
 
     def loader(self, stream: BlockStream, *, num_workers: int, generator: torch.Generator) -> DataLoader:
         return pixel_loader(stream, num_workers=num_workers, generator=generator)
@@ -347,10 +499,11 @@ class AnytimeFormerTask(TrainingTask):
     def loss(self, model: XreconModel, batch: Mapping[str, torch.Tensor], cfg: TrainConfig,
              ) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
         b = standardize_batch(batch, self._normalization(model))
-        pred, dense = self._forward(model, b, cfg)
-        terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=cfg.loss,
-                                    reconstruction_weight=cfg.reconstruction_weight, dense=dense,
-                                    tv_weight=cfg.tv_weight)
+        o = self.opts
+        pred, dense = self._forward(model, b, o.anytime)
+        terms = reconstruction_loss(pred, b["target"], b["hidden"], b["kept"], kind=o.loss,
+                                    reconstruction_weight=o.reconstruction_weight, dense=dense,
+                                    tv_weight=o.tv_weight)
         return terms.total, (terms.imputation, terms.reconstruction, terms.tv)
 
     def validate(self, model: XreconModel, batches: Iterable[Mapping[str, torch.Tensor]], cfg: TrainConfig,
@@ -360,10 +513,10 @@ class AnytimeFormerTask(TrainingTask):
         std = model.optical_std
         for batch in batches:
             b = standardize_batch(batch, norm)
-            pred, _ = self._forward(model, b, cfg)
+            pred, _ = self._forward(model, b, self.opts.anytime)
             hidden = b["hidden"].unsqueeze(-1).expand_as(pred)
             d = (pred - b["target"])[hidden]
-            err_sum += float((d.abs() if cfg.loss == "l1" else d**2).sum())
+            err_sum += float((d.abs() if self.opts.loss == "l1" else d**2).sum())
             sq_sum += float(((d.view(-1, pred.shape[-1]) * std) ** 2).sum())
             count += int(hidden.sum())
         if count == 0:
@@ -375,13 +528,13 @@ class AnytimeFormerTask(TrainingTask):
         return self._norm if self._norm is not None else model.normalization
 
     @staticmethod
-    def _forward(model: Any, b: Mapping[str, torch.Tensor], cfg: TrainConfig,
+    def _forward(model: Any, b: Mapping[str, torch.Tensor], anytime: bool,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predictions at the observation days, and on the daily grid for anytime training."""
         doy = b["doy"][0]  # (T,) shared by the batch
         use_sar = model.config.n_sar_bands > 0 and b["sar"].shape[1] > 0
         sar, sar_doy = (b["sar"], b["sar_doy"][0]) if use_sar else (None, None)
-        if cfg.anytime:
+        if anytime:
             days = torch.arange(1, 367, device=b["optical"].device, dtype=torch.float32)
             dense = model(b["optical"], doy, days, sar, sar_doy).float()  # (B, 366, C)
             return take_days(dense, 1, b["doy"]), dense
