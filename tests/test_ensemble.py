@@ -236,3 +236,8 @@ def test_cli_ensemble_then_fill(scene, tmp_path, capsys):
     assert main(["fill", str(cube), str(out), "--method", "ensemble", "--checkpoint", str(ens), "--option",
                  "interval=0.9", "--quiet"]) == 0
     assert {"optical_lower", "optical_upper"} <= set(xr.open_zarr(out).data_vars)
+
+
+def test_the_registered_halo_is_the_default_classes_reach():
+    # the registration cannot import the ensemble package (which imports the methods): its halo is checked here
+    assert xrecon.methods.get("ensemble").halo == GapClasses().reach == 24

@@ -34,7 +34,7 @@ from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
 
-__all__ = ["fill", "FillSpec"]
+__all__ = ["FillSpec", "chunks_at_least", "fill"]
 
 
 def _spatial_chunks(cube: Cube) -> dict[str, tuple[int, ...]] | None:
@@ -189,7 +189,7 @@ def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
         import dask.array as dsa
 
         # dask's overlap needs every chunk at least as wide as the halo; rechunk back afterwards
-        work_yx = {d: _at_least(c, h) for d, c in chunks_yx.items()}
+        work_yx = {d: chunks_at_least(c, h) for d, c in chunks_yx.items()}
         data = []
         for a, f in zip(arrays, fills, strict=True):
             d = a.chunk({**{dim: -1 for dim in a.dims[:-2]}, **work_yx}).data
@@ -236,7 +236,7 @@ def _with_halo(d: Any, h: int, fill: Any) -> Any:
     return d
 
 
-def _at_least(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:
+def chunks_at_least(chunks: tuple[int, ...], size: int) -> tuple[int, ...]:
     """The chunks, or uniform chunks of ``size`` when one is smaller (dask's overlap needs that)."""
     if min(chunks) >= size:
         return tuple(chunks)

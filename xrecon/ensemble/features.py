@@ -8,7 +8,7 @@ observations of a cube) and when it fills (on every query):
     a clear pixel, large inside a big cloud, ``inf`` beyond ``reach`` pixels or on a date without any
     observation (a query time that is not an optical date has no same-date pixels at all).
 ``gap days``
-    Days to the pixel's nearest clear observation (:func:`xrecon.kernels.gap_days`).
+    Days to the pixel's nearest clear observation (:func:`xrecon.fill_blocks.gap_days`).
 ``SAR in reach``
     Whether the pixel has a SAR observation within ``sar_window`` days (:func:`sar_in_reach`).
 
@@ -193,9 +193,9 @@ def gap_sizes(kept_valid: xr.DataArray, hidden: xr.DataArray, *, reach: int = 12
     else:
         import dask.array as dsa
 
-        from xrecon.fill import _at_least
+        from xrecon.fill import chunks_at_least
 
-        work = {d: _at_least(kept_valid.chunksizes[d], reach) for d in ("y", "x")}
+        work = {d: chunks_at_least(kept_valid.chunksizes[d], reach) for d in ("y", "x")}
         arrays = [a.chunk({"time": -1, **work}).data for a in (kept_valid, hidden)]
         depth = {1: reach, 2: reach}
         data = dsa.map_overlap(
@@ -220,7 +220,7 @@ def _over_time(func, da: xr.DataArray, n_out: int) -> xr.DataArray:
 
 def days_to_clear(kept_valid: xr.DataArray) -> xr.DataArray:
     """(time, y, x) float32: days from each optical date to the pixel's nearest kept clear observation
-    (:func:`xrecon.kernels.gap_days` at the optical dates), lazily."""
+    (:func:`xrecon.fill_blocks.gap_days` at the optical dates), lazily."""
     t = to_days(kept_valid["time"].values)
     out = _over_time(lambda v: gap_days(v, t, t), kept_valid.transpose("time", "y", "x"), len(t))
     return out.assign_coords(time=kept_valid["time"])
