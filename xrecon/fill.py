@@ -30,6 +30,7 @@ from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.kernels import FillSpec, check_reflectance_values, fill_patch, fill_pixels
+from xrecon.memory import trimming
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
@@ -157,12 +158,16 @@ def check_reflectance(optical: xr.DataArray) -> None:
 
 def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ...], tuple[int, ...]],
                 block_id: tuple[int, ...] | None = None) -> np.ndarray:
-    """One dask task: a pixel block, or a patch block with its offset in the grid found from its position."""
-    if spec.method.footprint == "pixel":
-        return fill_pixels(*blocks, spec=spec)
-    h = spec.halo
-    offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
-    return fill_patch(*blocks, spec=spec, offset=offset)
+    """One dask task: a pixel block, or a patch block with its offset in the grid found from its position.
+
+    When it is done the memory its temporaries held goes back to the system (:func:`xrecon.memory.trim`):
+    without that glibc keeps it, per thread, and a long threaded fill grows with the cube's area."""
+    with trimming():
+        if spec.method.footprint == "pixel":
+            return fill_pixels(*blocks, spec=spec)
+        h = spec.halo
+        offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
+        return fill_patch(*blocks, spec=spec, offset=offset)
 
 
 def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:
