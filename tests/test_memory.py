@@ -15,13 +15,38 @@ from xrecon import memory
 from xrecon.testing import synthetic_cube
 
 
+class FakeLibc:
+    """Stands for glibc: records the calls."""
+
+    def __init__(self):
+        self.trims, self.opts = [], []
+
+    def malloc_trim(self, pad):
+        self.trims.append(pad)
+        return 1
+
+    def mallopt(self, param, value):
+        self.opts.append((param, value))
+        return 1
+
+
 @pytest.fixture
-def counting(monkeypatch):
-    """Replace the C function by a counter (the lookup is cached in ``memory._state``)."""
-    calls = []
-    monkeypatch.setitem(memory._state, "fn", lambda pad: calls.append(pad) or 1)
+def fake(monkeypatch):
+    """A fake C library in place of the real one (the lookup is cached in ``memory._state``); every growth
+    of the resident size counts (``TRIM_GROWTH = -1``), so that every block trims."""
+    libc = FakeLibc()
+    monkeypatch.setitem(memory._state, "libc", libc)
+    monkeypatch.setitem(memory._state, "last", 0)
+    monkeypatch.setattr(memory, "TRIM_GROWTH", -1)
+    growing = iter(range(1 << 20, 1 << 40, 4096))
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(growing))
     monkeypatch.delenv("XRECON_TRIM", raising=False)
-    return calls
+    return libc
+
+
+@pytest.fixture
+def counting(fake):
+    return fake.trims
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +88,23 @@ def test_switched_off(counting, monkeypatch, value):
 
 
 def test_no_op_where_unavailable(monkeypatch, cube):
-    """Without malloc_trim (macOS, Windows, musl) trim does nothing, says so, and fill works as ever."""
-    monkeypatch.setitem(memory._state, "fn", None)
+    """Without glibc (macOS, Windows, musl) trim does nothing, says so, and fill works as ever."""
+    monkeypatch.setitem(memory._state, "libc", None)
+    monkeypatch.delitem(memory._state, "arenas", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     assert memory.trim_available() is False and memory.trim() is False
+    assert memory.maybe_trim(growth=-1) is False and memory.prepare() is False
     with memory.trimming():
         pass
     assert cube.isel(y=slice(0, 7), x=slice(0, 9)).recon.fill("10D", method="linear").optical.notnull().all()
+
+
+def test_the_real_library_here():
+    """On glibc the lookup finds both functions; elsewhere it finds nothing (and nothing is called)."""
+    import platform
+
+    libc = memory._lookup()
+    assert (libc is not None) == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
 
 
 def test_lookup_elsewhere(monkeypatch):
@@ -76,13 +112,40 @@ def test_lookup_elsewhere(monkeypatch):
     assert memory._lookup() is None
 
 
-def test_a_failing_call_is_swallowed(monkeypatch):
-    def boom(pad):
+def test_a_failing_call_is_swallowed(fake, monkeypatch):
+    def boom(*args):
         raise OSError("no")
 
-    monkeypatch.setitem(memory._state, "fn", boom)
-    monkeypatch.delenv("XRECON_TRIM", raising=False)
-    assert memory.trim() is False
+    monkeypatch.setattr(fake, "malloc_trim", boom)
+    monkeypatch.setattr(fake, "mallopt", boom)
+    monkeypatch.delitem(memory._state, "arenas", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory.trim() is False and memory.prepare() is False
+
+
+def test_trims_only_when_memory_grew(fake, monkeypatch):
+    rss = iter([1000, 1000 + 50, 1000 + 200, 900])
+    monkeypatch.setattr(memory, "resident_bytes", lambda: next(rss))
+    memory._state["last"] = None
+    assert memory.maybe_trim(growth=100) is False  # the first call sets the reference
+    assert memory.maybe_trim(growth=100) is False and not fake.trims  # +50: below the growth
+    assert memory.maybe_trim(growth=100) is True and fake.trims == [0]  # +200: trimmed
+    assert memory._state["last"] == 900  # the size right after the trim is the new reference
+
+
+def test_prepare_limits_the_arenas_once(fake, monkeypatch):
+    monkeypatch.delitem(memory._state, "arenas", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory.prepare() is True and memory.prepare() is True
+    assert fake.opts == [(-8, 1)]  # M_ARENA_MAX = 1, set once
+
+
+@pytest.mark.parametrize("env", [{"MALLOC_ARENA_MAX": "4"}, {"XRECON_TRIM": "0"}])
+def test_prepare_leaves_the_users_settings(fake, monkeypatch, env):
+    monkeypatch.delitem(memory._state, "arenas", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert memory.prepare() is False and not fake.opts
 
 
 def test_trimming_context_trims_on_error(counting):

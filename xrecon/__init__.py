@@ -1,7 +1,8 @@
 """xrecon: gap-free satellite image time series from cloudy optical and SAR datacubes.
 
 Importing xrecon registers the ``Dataset.recon`` accessor; ``xrecon.methods`` (the registry of every
-method) and ``xrecon.io`` (safe Zarr writes) come along. Nothing here imports torch.
+method) and ``xrecon.io`` (safe Zarr writes) come along. Nothing here imports torch. On glibc it also
+limits the C allocator to one arena (:mod:`xrecon.memory`; ``XRECON_TRIM=0`` leaves it alone).
 
 >>> import xrecon
 >>> from xrecon.testing import synthetic_cube
@@ -12,6 +13,11 @@ from xrecon import accessor as _accessor  # noqa: F401  (registers Dataset.recon
 from xrecon import io, methods
 from xrecon._version import __version__
 from xrecon.errors import XreconError
+from xrecon.memory import prepare as _prepare_memory
+
+# Before threads take malloc arenas of their own: one arena, so that memory freed by a long threaded fill
+# goes back to the system (glibc only; XRECON_TRIM=0 or MALLOC_ARENA_MAX in the environment: left alone).
+_prepare_memory()
 
 __all__ = ["XreconError", "__version__", "io", "methods"]
 

@@ -30,6 +30,7 @@ from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.kernels import FillSpec, check_reflectance_values, fill_patch, fill_pixels
+from xrecon.memory import prepare as prepare_memory
 from xrecon.memory import trimming
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
@@ -118,6 +119,7 @@ def fill(
         has_mask=cube.clear is not None,
         gap_days=bool(gap_days),
     )
+    prepare_memory()  # once per process: one malloc arena for the threads that will compute (xrecon.memory)
     variables = _graph(cube, spec)
     out = xr.Dataset(coords={"time": query}).assign(variables)
     return _finish(out, ds, cube, spec, ckpt_path, ckpt_hash, options)
@@ -160,8 +162,8 @@ def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ..
                 block_id: tuple[int, ...] | None = None) -> np.ndarray:
     """One dask task: a pixel block, or a patch block with its offset in the grid found from its position.
 
-    When it is done the memory its temporaries held goes back to the system (:func:`xrecon.memory.trim`):
-    without that glibc keeps it, per thread, and a long threaded fill grows with the cube's area."""
+    When it is done, freed memory goes back to the system if it piled up (:func:`xrecon.memory.maybe_trim`):
+    without that glibc may keep it, and a long threaded fill grows with the cube's area."""
     with trimming():
         if spec.method.footprint == "pixel":
             return fill_pixels(*blocks, spec=spec)
