@@ -81,39 +81,54 @@ def test_normal_from_key_is_keyed():
     assert torch.equal(normal_from_key(1, 10), a[:10])  # number i depends on (key, i) only
 
 
-def test_fill_uses_the_device_noise(monkeypatch):
-    """fill's kernel asks for the noise on the model's device, and only through tile_noise_torch."""
-    import xrecon.methods.restore_dit as adapter
+def test_fill_asks_for_noise_on_the_model_device(monkeypatch):
+    """fill's kernel gets its noise through noise_on, for the model's device."""
+    import tempfile
 
-    devices = []
-    original = adapter.tile_noise_torch
-
-    def spy(*args):
-        devices.append(args[-1])
-        return original(*args)
-
-    def numpy_noise(*args):
-        raise AssertionError("the numpy noise was used")
-
-    monkeypatch.setattr(adapter, "tile_noise_torch", spy)
-    monkeypatch.setattr(adapter, "tile_noise", numpy_noise)
     import xrecon  # noqa: F401
+    import xrecon.methods.restore_dit as adapter
     from xrecon.models import restore_dit
     from xrecon.testing import synthetic_cube
 
+    devices = []
+    original = adapter.noise_on
+
+    def spy(device, *args):
+        devices.append(device)
+        return original(device, *args)
+
+    monkeypatch.setattr(adapter, "noise_on", spy)
     config = restore_dit.RestoreDiTConfig(n_optical_bands=2, n_sar_bands=0, hidden_size=16, depth=1, num_heads=2,
                                           frequency_embedding_size=16)
     torch.manual_seed(0)
     model = restore_dit.RestoreDiT(config)
     model.optical_bands = ["B02", "B03"]
     ds = synthetic_cube(ny=8, nx=8, bands=2, seed=0, sar=False).isel(time=slice(0, 4)).compute()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = str(model.save(f"{tmp}/m.xrecon"))
         ds.recon.fill(None, method="restore-dit", checkpoint=ckpt, mask="clear", device="cpu", tile=8,
                       overlap=2, frames=4).compute()
-    assert devices and all(str(d) == "cpu" for d in devices)
+    assert devices and all(torch.device(d).type == "cpu" for d in devices)
+
+
+def test_noise_on_dispatches_by_device(monkeypatch):
+    """The CPU takes numpy's hash, any other device torch's on that device (the meta device: shapes only)."""
+    import xrecon.methods.restore_dit as adapter
+
+    shape = (1, 2, 3, 4, 4)
+    cpu = adapter.noise_on(torch.device("cpu"), 5, 1, 2, 0, shape)
+    assert cpu.dtype == torch.float32 and np.array_equal(cpu.numpy(), tile_noise(5, 1, 2, 0, shape))
+    calls = []
+    monkeypatch.setattr(adapter, "tile_noise_torch", lambda *a: calls.append(a[-1]) or torch.zeros(shape))
+    monkeypatch.setattr(adapter, "tile_noise", lambda *a: (_ for _ in ()).throw(AssertionError("numpy used")))
+    adapter.noise_on("meta", 5, 1, 2, 0, shape)
+    assert calls == ["meta"]
+
+
+def test_torch_noise_runs_on_another_device():
+    """The torch hash itself on a device without data (meta): every op exists there, shapes carry."""
+    z = tile_noise_torch(5, 1, 2, 0, (1, 2, 3, 4, 4), "meta")
+    assert z.device.type == "meta" and tuple(z.shape) == (1, 2, 3, 4, 4) and z.dtype == torch.float32
 
 
 @cuda
