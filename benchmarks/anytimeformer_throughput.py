@@ -15,7 +15,11 @@ With the shared reference data present (``XRECON_TEST_DATA`` or ``../shared``) t
 used and bf16/fp16 errors are measured against the official outputs; otherwise random weights of the
 official shape are used and errors are measured against this run's fp32 output.
 
-Run: ``python benchmarks/anytimeformer_throughput.py [--pixels N] [--repeat R] [--threads K] [--batch-size B]``
+On a GPU (``--device cuda``) the rows are fp32, bf16 and fp16 autocast, each with its error against fp32 and
+its fraction of the fp32 matmul rate and of its own dtype's (square ``torch.mm`` of 8192, same rounds).
+
+Run: ``python benchmarks/anytimeformer_throughput.py [--device auto|cpu|cuda] [--pixels N] [--repeat R]
+[--threads K] [--batch-size B] [--quick] [--no-fill]``
 """
 
 from __future__ import annotations
@@ -83,10 +87,14 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def matmul_round(device: str, size: int = 1024, reps: int = 8) -> tuple[Callable[[], None], float]:
-    """A round of square fp32 matrix products, and its FLOP count."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_round(device: str, size: int = 1024, reps: int = 8,
+                 dtype: torch.dtype = torch.float32) -> tuple[Callable[[], None], float]:
+    """A round of square matrix products of ``dtype``, and its FLOP count."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
 
     def run() -> None:
         for _ in range(reps):
@@ -95,11 +103,14 @@ def matmul_round(device: str, size: int = 1024, reps: int = 8) -> tuple[Callable
     return run, 2.0 * size**3 * reps
 
 
-def measure(net: af.AnytimeFormer, data: dict, device: str, bs: int, repeat: int, sweep: bool) -> None:
+def measure(net: af.AnytimeFormer, data: dict, device: str, bs: int, repeat: int, sweep: bool,
+            skip_textbook: bool = False) -> None:
     """Time matmul, the textbook form and predict_pixels (each precision) in interleaved rounds; print."""
     n = data["valid"].shape[0]
     precisions = ["fp32", "bf16"] + (["fp16"] if device == "cuda" else [])
     net.to(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     if device == "cpu" and torch.get_num_threads() > 1:
         # the same, with the batches spread over single-threaded workers (predict_pixels(workers=...))
         precisions += [f"{p}, {torch.get_num_threads()} workers" for p in ("fp32", "bf16")]
@@ -130,40 +141,57 @@ def measure(net: af.AnytimeFormer, data: dict, device: str, bs: int, repeat: int
                                       torch.from_numpy(s[i:i + 128]).to(device), days[2]).cpu()
 
     outputs = {pr: predict(pr) for pr in precisions}  # also warms up
-    textbook()
-    mm, flops = matmul_round(device)
-    mm()
-    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in ["matmul", "textbook", *precisions]}
+    if not skip_textbook:
+        textbook()
+    mm_size = 1024 if device == "cpu" else 8192
+    mms = {p: matmul_round(device, mm_size, 8 if device == "cpu" else 20, DTYPES[p])
+           for p in ("fp32", "bf16", "fp16") if any(k.split(",")[0] == p for k in precisions)}
+    for run, _ in mms.values():
+        run()
+    keys = [*(["textbook"] if not skip_textbook else []), *precisions]
+    rounds: dict[str, list[tuple[float, float]]] = {k: [] for k in [*[f"mm {p}" for p in mms], *keys]}
     for _ in range(repeat):
-        rounds["matmul"].append(timed(mm))
+        for p, (run, _) in mms.items():
+            rounds[f"mm {p}"].append(timed(run))
         for pr in precisions:
             rounds[pr].append(timed(lambda pr=pr: predict(pr)))
-        rounds["textbook"].append(timed(textbook))
-    mm_wall = flops / min(w for w, _ in rounds["matmul"])
-    mm_cpu = flops / min(c for _, c in rounds["matmul"])
-    threads = f", {torch.get_num_threads()} thread(s)" if device == "cpu" else ""
-    print(f"\n[{device}{threads}] batch size {bs}; fp32 matmul rate {mm_wall / 1e9:.0f} GFLOP/s "
-          f"({mm_cpu / 1e9:.0f} GFLOP per CPU-second), load average {os.getloadavg()[0]:.1f}")
-    print(f"{'predict_pixels':24s}{'pixels/s':>10s}{'fraction':>10s}{'(cpu-time)':>12s}{'max abs err':>13s}"
-          f"{'mean abs err':>14s}")
+        if not skip_textbook:
+            rounds["textbook"].append(timed(textbook))
+    rate = {p: (f / min(w for w, _ in rounds[f"mm {p}"]), f / min(c for _, c in rounds[f"mm {p}"]))
+            for p, (_, f) in mms.items()}
+    mm_wall, mm_cpu = rate["fp32"]
+    threads = f", {torch.get_num_threads()} thread(s)" if device == "cpu" else f" ({torch.cuda.get_device_name()})"
+    rates = "; ".join(f"{p} matmul ({mm_size}^2) {w / 1e9:,.1f} GFLOP/s" for p, (w, _) in rate.items())
+    print(f"\n[{device}{threads}] {n} pixels, batch size {bs}; {rates} "
+          f"(fp32 {mm_cpu / 1e9:.0f} GFLOP per CPU-second), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'predict_pixels':24s}{'pixels/s':>10s}{'fraction':>10s}{'(cpu-time)':>12s}{'of own dtype':>13s}"
+          f"{'max abs err':>13s}{'mean abs err':>14s}{'max vs fp32':>13s}{'mean vs fp32':>14s}")
     ref = data["reference"]
-    for key in ["textbook", *precisions]:
+    for key in keys:
         wall = n / min(w for w, _ in rounds[key])
         cpu = n / min(c for _, c in rounds[key])
         label = "textbook form, fp32" if key == "textbook" else key
+        p = key.split(",")[0] if key != "textbook" else "fp32"
+        own = f"{wall * FLOP_PER_PIXEL / rate[p][0]:13.3f}"
         err = ""
         if key in outputs:
             e = np.abs(outputs[key] - (ref if ref is not None else outputs["fp32"]))
-            err = f"{e.max():13.2e}{e.mean():14.2e}"
+            f = np.abs(outputs[key] - outputs["fp32"])
+            err = f"{e.max():13.2e}{e.mean():14.2e}{f.max():13.2e}{f.mean():14.2e}"
         print(f"{label:24s}{wall:10.0f}{wall * FLOP_PER_PIXEL / mm_wall:10.3f}"
-              f"{cpu * FLOP_PER_PIXEL / mm_cpu:12.3f}{err}")
+              f"{cpu * FLOP_PER_PIXEL / mm_cpu:12.3f}{own}{err}")
+    print("fraction: of the fp32 matmul rate (cpu-time: per CPU-second); of own dtype: of the row's dtype's "
+          "matmul rate, measured in the same rounds")
     if device == "cpu":
         for key in [k for k in precisions if k.startswith("fp32")]:
             got = n / min(w for w, _ in rounds[key]) * FLOP_PER_PIXEL / mm_wall
             print(f"fp32 goal: fraction >= {GOAL} (official implementation ~{OFFICIAL_FRACTION}): "
                   f"{'met' if got >= GOAL else 'NOT met'} in this run by '{key}' ({got:.3f})")
     print("errors are reflectance (0-1 units) against "
-          + ("the official outputs" if ref is not None else "this run's fp32 output"))
+          + ("the official outputs" if ref is not None else "this run's fp32 output") + ", and against this "
+          "run's fp32 output (vs fp32)")
+    if device == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     if sweep:
         print("batch-size sweep, fp32 (best of the rounds; fraction of the matmul rate above):")
         for b in (16, 32, 64, 128, 256, 1024) if device == "cpu" else (1024, 4096, 8192, 16384):
@@ -222,8 +250,15 @@ def fill_vs_bare(net: af.AnytimeFormer, device: str, repeat: int, side: int = 64
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pixels", type=int, default=2048)
-    p.add_argument("--repeat", type=int, default=7, help="rounds; each figure is the best round")
+    p.add_argument("--pixels", type=int, default=None, help="pixels per round (default 2048 on the CPU, "
+                   "65536 on a GPU; --quick 256)")
+    p.add_argument("--repeat", type=int, default=None, help="rounds; each figure is the best round (default 7; "
+                   "--quick 1)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the CPU, and a GPU too when torch.cuda.is_available(); cuda: the GPU rows only")
+    p.add_argument("--quick", action="store_true", help="a smoke run of every code path (a few pixels, 1 round, "
+                   "no textbook form, no single-thread table, a small fill)")
+    p.add_argument("--no-fill", action="store_true", help="skip the fill comparison")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     p.add_argument("--no-single-thread", action="store_true",
                    help="skip the second CPU table at 1 thread (less disturbed by other processes)")
@@ -232,24 +267,34 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        p.error("--device cuda: torch.cuda.is_available() is False")
+    devices = (["cpu"] if args.device in ("auto", "cpu") else []) + (["cuda"] if cuda and args.device != "cpu" else [])
+    repeat = args.repeat or (1 if args.quick else 7)
 
     net, weights = model()
-    data = inputs(args.pixels)
-    print(f"AnytimeFormer throughput: {args.pixels} pixels, T={T}, Ts={TS}, Tq={len(data['query_doy'])}, "
-          f"{weights}; torch {torch.__version__}, {os.cpu_count()} CPUs")
-    cpu_bs = args.batch_size or net.default_batch_size(torch.device("cpu"))
-    measure(net, data, "cpu", cpu_bs, args.repeat, args.sweep)
-    if torch.get_num_threads() > 1 and not args.no_single_thread:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        measure(net, data, "cpu", cpu_bs, args.repeat, False)
-        torch.set_num_threads(threads)
-    if torch.cuda.is_available():
-        measure(net, data, "cuda", args.batch_size or net.default_batch_size(torch.device("cuda")), args.repeat,
-                args.sweep)
-    fill_vs_bare(net, "cpu", max(2, args.repeat // 2))
-    if torch.cuda.is_available():
-        fill_vs_bare(net, "cuda", max(2, args.repeat // 2), side=256, chunk=128)
+    print(f"AnytimeFormer throughput: T={T}, Ts={TS}, {weights}; torch {torch.__version__}, {os.cpu_count()} CPUs"
+          + (" (--quick: a smoke run, its figures mean little)" if args.quick else ""))
+    for device in devices:
+        n = args.pixels or (256 if args.quick else 2048 if device == "cpu" else 65536)
+        data = inputs(n)
+        bs = args.batch_size or net.default_batch_size(torch.device(device))
+        measure(net, data, device, bs, repeat, args.sweep and not args.quick, skip_textbook=args.quick)
+        if device == "cpu" and torch.get_num_threads() > 1 and not (args.no_single_thread or args.quick):
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            measure(net, data, "cpu", bs, repeat, False)
+            torch.set_num_threads(threads)
+    if not cuda:
+        print("\n[cuda] skipped: torch.cuda.is_available() is False")
+    if not args.no_fill:
+        for device in devices:
+            if device == "cpu":
+                fill_vs_bare(net, "cpu", max(2, repeat // 2) if not args.quick else 1,
+                             **({"side": 32, "chunk": 16} if args.quick else {}))
+            else:
+                fill_vs_bare(net, "cuda", max(2, repeat // 2), side=256, chunk=128)
     print("\nNote: on a shared machine absolute rates vary from run to run; the fractions (same-run ratios) "
           "are what to compare.")
 

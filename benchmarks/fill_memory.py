@@ -19,7 +19,11 @@ above all: ``--mmap-threshold`` tells growth that glibc keeps from growth that x
 what else runs on it; compare the ratios between lines of one run.
 
 Run: ``.venv/bin/python benchmarks/fill_memory.py [--quick] [--size 256] [--chunk 128] [--workers 2]
-[--repeat 3] [--mmap-threshold BYTES]``
+[--repeat 3] [--mmap-threshold BYTES] [--no-trim]``
+
+By default ``fill`` gives freed memory back to the system after each block and region write
+(:mod:`xrecon.memory`, glibc's ``malloc_trim``); ``--no-trim`` runs the fills with ``XRECON_TRIM=0`` to
+show what that changes.
 """
 
 from __future__ import annotations
@@ -168,6 +172,9 @@ def main() -> None:
     parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
                         help="diagnosis: run the fills with MALLOC_MMAP_THRESHOLD_=BYTES (glibc), which "
                         "fixes the threshold above which freed arrays go back to the system at once")
+    parser.add_argument("--no-trim", action="store_true",
+                        help="diagnosis: run the fills with XRECON_TRIM=0 (no malloc_trim after each block and "
+                        "region write, as before xrecon.memory)")
     parser.add_argument("--child", choices=("write", "fill"), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -195,8 +202,14 @@ def main() -> None:
     print(f"ds.recon.fill({QUERY!r}) from Zarr to Zarr: T = {T} dates x C = {C} bands, {CLOUDY:.0%} cloudy, "
           f"{args.chunk} x {args.chunk} px chunks, threaded scheduler with {args.workers} workers, "
           f"one fresh process per run, {args.repeat} run(s) per line"
-          + ("" if args.mmap_threshold is None else f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"))
-    env = None if args.mmap_threshold is None else {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)}
+          + ("" if args.mmap_threshold is None else f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}")
+          + (", XRECON_TRIM=0" if args.no_trim else ""))
+    env = dict(os.environ)
+    env.pop("XRECON_TRIM", None)  # the default (trim) unless --no-trim
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    if args.no_trim:
+        env["XRECON_TRIM"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         written = in_subprocess("--child", "write", "--path", tmp, *common)

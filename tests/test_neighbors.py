@@ -123,3 +123,24 @@ def test_registered_as_patch_method():
     with pytest.raises(MethodError, match="fallback"):
         fill_neighbors(np.zeros((2, 1, 3, 3), np.float32), np.ones((2, 3, 3), bool), np.array([0.0, 1]),
                        np.array([0.5]), fallback="nearest")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (3, 4), (17, 13), (9, 9)])
+def test_box_sums_equal_brute_force(shape):
+    """The clipped box sums from the summed-area table, at every radius (also wider than the window)."""
+    from xrecon.methods.neighbors import _box
+
+    rng = np.random.default_rng(sum(shape))
+    ny, nx = shape
+    a = rng.integers(-(2**40), 2**40, (3, ny, nx))
+    sat = np.zeros((3, ny + 1, nx + 1), np.int64)
+    sat[:, 1:, 1:] = a.cumsum(-1).cumsum(-2)
+    for r in (1, 2, 3, 8, 40):
+        want = np.empty_like(a)
+        for y in range(ny):
+            for x in range(nx):
+                want[:, y, x] = a[:, max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1].sum((1, 2))
+        np.testing.assert_array_equal(_box(sat, r), want)
+        rows, out = np.empty((3, ny, nx + 1), np.int64), np.empty((3, ny, nx), np.int64)
+        assert _box(sat, r, out, rows) is out
+        np.testing.assert_array_equal(out, want)

@@ -1,7 +1,8 @@
 """xrecon: gap-free satellite image time series from cloudy optical and SAR datacubes.
 
 Importing xrecon registers the ``Dataset.recon`` accessor; ``xrecon.methods`` (the registry of every
-method) and ``xrecon.io`` (safe Zarr writes) come along. Nothing here imports torch.
+method) and ``xrecon.io`` (safe Zarr writes) come along. Nothing here imports torch, and importing changes
+no process-wide setting (``fill`` tunes glibc's allocator when it first builds a graph: :mod:`xrecon.memory`).
 
 >>> import xrecon
 >>> from xrecon.testing import synthetic_cube

@@ -30,6 +30,8 @@ from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, Cube, validate
 from xrecon.errors import CheckpointError, MethodError, XreconError
 from xrecon.fill_blocks import FillSpec, check_reflectance_values, fill_patch, fill_pixels
+from xrecon.memory import prepare as prepare_memory
+from xrecon.memory import trimming
 from xrecon.methods._common import check_edges
 from xrecon.methods.registry import BuildRequest, Method
 from xrecon.times import MAX_QUERY_TIMES, parse_query_times, to_ns
@@ -117,6 +119,7 @@ def fill(
         has_mask=cube.clear is not None,
         gap_days=bool(gap_days),
     )
+    prepare_memory()  # once per process: one malloc arena for the threads that will compute (xrecon.memory)
     variables = _graph(cube, spec)
     out = xr.Dataset(coords={"time": query}).assign(variables)
     return _finish(out, ds, cube, spec, ckpt_path, ckpt_hash, options)
@@ -157,12 +160,16 @@ def check_reflectance(optical: xr.DataArray) -> None:
 
 def _block_task(*blocks: np.ndarray, spec: FillSpec, starts: tuple[tuple[int, ...], tuple[int, ...]],
                 block_id: tuple[int, ...] | None = None) -> np.ndarray:
-    """One dask task: a pixel block, or a patch block with its offset in the grid found from its position."""
-    if spec.method.footprint == "pixel":
-        return fill_pixels(*blocks, spec=spec)
-    h = spec.halo
-    offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
-    return fill_patch(*blocks, spec=spec, offset=offset)
+    """One dask task: a pixel block, or a patch block with its offset in the grid found from its position.
+
+    When it is done, freed memory goes back to the system if it piled up (:func:`xrecon.memory.maybe_trim`):
+    without that glibc may keep it, and a long threaded fill grows with the cube's area."""
+    with trimming():
+        if spec.method.footprint == "pixel":
+            return fill_pixels(*blocks, spec=spec)
+        h = spec.halo
+        offset = (starts[0][block_id[-2]] - h, starts[1][block_id[-1]] - h)
+        return fill_patch(*blocks, spec=spec, offset=offset)
 
 
 def _graph(cube: Cube, spec: FillSpec) -> dict[str, xr.DataArray]:

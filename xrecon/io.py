@@ -39,6 +39,7 @@ import pandas as pd
 import xarray as xr
 
 from xrecon.errors import CubeError, OutputExistsError, XreconError
+from xrecon.memory import maybe_trim
 
 __all__ = [
     "open_cube",
@@ -829,6 +830,7 @@ def _write_region(partial: _Partial, key: str, ij: tuple[int, int], region: dict
         partial.touch(f"done/{key}")
     finally:
         partial.remove(active)
+        maybe_trim()  # freed memory back to the system if it piled up (xrecon.memory)
     if _REGION_HOOK is not None:
         _REGION_HOOK(*ij)
 

@@ -103,17 +103,42 @@ def build(method: Method, request: BuildRequest) -> Plan:
     return Plan.of(check_options(**request.options, halo=method.halo))
 
 
-def _box(sat: np.ndarray, r: int) -> np.ndarray:
+def _window_sums(src: np.ndarray, r: int, out: np.ndarray, axis: int) -> None:
+    """``out[y] = src[min(y + r + 1, n)] - src[max(y - r, 0)]`` along ``axis`` (-2 or -1) of a cumulative
+    table ``src`` of n + 1 entries there, its first one 0: sums over the clipped windows of radius ``r``.
+
+    Written region by region with one operation each (a copy where the window is clipped at the start,
+    whose ``src[0]`` is 0; a subtraction elsewhere), no padding, no temporaries."""
+    n = src.shape[axis] - 1
+
+    def at(a: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return a[..., start:stop, :] if axis == -2 else a[..., start:stop]
+
+    m = max(n - r, 0)  # windows that end inside: y + r + 1 <= n
+    top = min(r + 1, n)  # windows that start at the edge: y - r <= 0
+    np.copyto(at(out, 0, min(top, m)), at(src, r + 1, r + 1 + min(top, m)))  # y < r + 1, y < m
+    if m > top:  # r + 1 <= y < m
+        np.subtract(at(src, 2 * r + 2, r + 1 + m), at(src, 1, m - r), out=at(out, top, m))
+    if top > m:  # m <= y < r + 1: the whole axis
+        np.copyto(at(out, m, top), at(src, n, n + 1))
+    lo = max(m, top)
+    if n > lo:  # y >= m, y >= r + 1: clipped at the end
+        np.subtract(at(src, n, n + 1), at(src, lo - r, n - r), out=at(out, lo, n))
+
+
+def _box(sat: np.ndarray, r: int, out: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """Sums over the (2r+1)^2 boxes (clipped to the window) from a summed-area table (..., Y+1, X+1).
 
-    The table is padded by ``r`` repeated rows (columns) on each side, so the clipped corners of every box
-    are two shifted slices (no gathers)."""
+    The table's first row and column are 0, so a box clipped at the top (left) edge needs no subtraction
+    and one clipped at the bottom (right) edge reads the table's last row (column). Into ``rows``
+    (..., Y, X+1) and ``out`` (..., Y, X) when given (buffers reused from date to date)."""
     ny, nx = sat.shape[-2] - 1, sat.shape[-1] - 1
-    lead = [(0, 0)] * (sat.ndim - 2)
-    padded = np.pad(sat, [*lead, (r, r), (0, 0)], mode="edge")
-    rows = padded[..., 2 * r + 1:2 * r + 1 + ny, :] - padded[..., :ny, :]
-    padded = np.pad(rows, [*lead, (0, 0), (r, r)], mode="edge")
-    return padded[..., 2 * r + 1:2 * r + 1 + nx] - padded[..., :nx]
+    lead = sat.shape[:-2]
+    rows = np.empty((*lead, ny, nx + 1), sat.dtype) if rows is None else rows
+    out = np.empty((*lead, ny, nx), sat.dtype) if out is None else out
+    _window_sums(sat, r, rows, -2)
+    _window_sums(rows, r, out, -1)
+    return out
 
 
 def spatial_estimates(values: np.ndarray, valid: np.ndarray, *, radii: tuple[int, ...], min_neighbors: int,
@@ -147,18 +172,28 @@ def spatial_estimates(values: np.ndarray, valid: np.ndarray, *, radii: tuple[int
     # Neighbourhood means and counts per radius, one date at a time so the integer tables stay in cache.
     means = [np.empty((nt, nc, ny, nx), np.float32) for _ in radii]
     counts = [np.empty((nt, ny, nx), np.int32) for _ in radii]
+    # Buffers reused from date to date (a few hundred KiB each for a chunk: they stay in cache).
     own = np.empty((nc + 1, ny, nx), dtype=np.int64)
     sat = np.zeros((nc + 1, ny + 1, nx + 1), dtype=np.int64)  # summed-area table, zero first row/col
+    rows, box = np.empty((nc + 1, ny, nx + 1), np.int64), np.empty((nc + 1, ny, nx), np.int64)
+    fixed, inv = np.empty((nc, ny, nx), np.float64), np.empty((ny, nx), np.float64)
     for k in range(nt):  # a loop over dates (vectorised over pixels), not over pixels
         # fixed point, so that box sums are exact and do not depend on where the window starts
-        np.rint(np.where(valid[k], obs[k] * _SCALE - level_fixed, 0.0), out=own[:nc], casting="unsafe")
+        np.multiply(obs[k], _SCALE, out=fixed)
+        fixed -= level_fixed
+        np.copyto(fixed, 0.0, where=~valid[k])
+        np.rint(fixed, out=own[:nc], casting="unsafe")
         own[nc] = valid[k]
-        np.cumsum(np.cumsum(own, axis=-1), axis=-2, out=sat[:, 1:, 1:])
+        np.cumsum(own, axis=-1, out=sat[:, 1:, 1:])
+        np.cumsum(sat[:, 1:, 1:], axis=-2, out=sat[:, 1:, 1:])
         for i, r in enumerate(radii):
-            box = _box(sat, r)
+            _box(sat, r, box, rows)
             box -= own  # neighbours only: the pixel itself is excluded
             counts[i][k] = box[nc]
-            np.multiply(box[:nc], 1.0 / (np.maximum(box[nc], 1) * _SCALE), out=means[i][k], casting="unsafe")
+            np.maximum(box[nc], 1, out=inv, casting="unsafe")
+            inv *= _SCALE
+            np.divide(1.0, inv, out=inv)
+            np.multiply(box[:nc], inv, out=means[i][k], casting="unsafe")
     estimate = np.full((nt, nc, ny, nx), np.nan, dtype=np.float32)
     done = np.zeros((nt, ny, nx), dtype=bool)
     t = np.arange(nt, dtype=np.float64) if t is None else np.asarray(t, np.float64)
@@ -194,13 +229,27 @@ def _local_estimates(estimate: np.ndarray, use: np.ndarray, common: np.ndarray, 
     """Write, where ``use``, neighbourhood mean + the pixel's offset interpolated in time between the
     co-observed dates before and after (held beyond them). Only the pixel-dates to fill are computed."""
     nt, nc, ny, nx = obs.shape
-    idx = np.arange(nt, dtype=np.int32)[:, None, None]
-    before = np.maximum.accumulate(np.where(common, idx, np.int32(-1)), axis=0)  # last co-observed date <= t
-    after = np.minimum.accumulate(np.where(common, idx, np.int32(nt))[::-1], axis=0)[::-1]  # first one >= t
     n_pix = ny * nx
     flat = np.flatnonzero(use)  # (M,) positions in (T, Y, X)
     ti, pix = np.divmod(flat, n_pix)
-    a, b = before.ravel()[flat], after.ravel()[flat]
+    # Only the pixels with something to fill (after the first radius, often few): their co-observed
+    # dates before and after each date, running over the dates (an accumulate along the first axis would
+    # stride through memory).
+    cols = np.flatnonzero(use.reshape(nt, n_pix).any(0))
+    col_of = np.zeros(n_pix, np.intp)
+    col_of[cols] = np.arange(cols.size)
+    seen = common.reshape(nt, n_pix)[:, cols]  # (T, P)
+    before, after = np.empty((nt, cols.size), np.int32), np.empty((nt, cols.size), np.int32)
+    last = np.full(cols.size, -1, np.int32)
+    for k in range(nt):
+        np.copyto(last, k, where=seen[k])
+        before[k] = last
+    last.fill(nt)
+    for k in range(nt - 1, -1, -1):
+        np.copyto(last, k, where=seen[k])
+        after[k] = last
+    where = ti * cols.size + col_of[pix]
+    a, b = before.ravel()[where], after.ravel()[where]
     a = np.where(a >= 0, a, b)  # before the first co-observed date: hold it
     b = np.where(b < nt, b, a)  # after the last: hold that
     span = t[b] - t[a]
