@@ -17,7 +17,7 @@ every tile that touches its core, reading it from the block's window (the core p
 hence the halo: a tile's output at one pixel depends on the whole tile, up to ``tile - 1`` pixels away,
 so the registered halo (:data:`HALO` = 127) bounds the tile to 128 pixels (the authors' training tile).
 For larger tiles register the method again with a larger halo (``xrecon.methods.register("restore-dit",
-..., halo=255, replace=True)`` with the other arguments as in ``xrecon/methods/__init__.py``).
+..., halo=255, replace=True)`` with the other arguments of this module's own ``register`` call).
 
 The initial noise of each tile is keyed to the user's ``seed``, the tile's grid position, the temporal
 window and the position in the tile (:func:`tile_noise`, through :mod:`xrecon.rng`; computed on the
