@@ -26,8 +26,21 @@ from xrecon.times import DATE_ORIGIN
 __all__ = ["from_official", "from_upstream"]
 
 
+def _torch_load(path: Path, origin: str, kind: str) -> Any:
+    """An authors' file loaded safely on the CPU (``weights_only``); CheckpointError when it is missing or
+    unreadable (truncated, foreign or unsafe)."""
+    if not path.is_file():
+        raise CheckpointError(f"{origin} file not found: {os.fspath(path)!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or unsafe file
+        raise CheckpointError(f"{path.name!r} is not a readable PyTorch {kind} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+
+
 # --------------------------------------------------------------------------------------------------
 # AnytimeFormer: the official release
+
 
 def _official_key_map(n_groups: int, with_sar: bool) -> dict[str, tuple[str, ...]]:
     """xrecon parameter name -> the upstream parameter(s) it is made of (several are concatenated)."""
@@ -114,13 +127,7 @@ def from_official(
     >>> model.save("anytimeformer_germany_40pct.xrecon")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"official checkpoint file not found: {os.fspath(path)!r}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign or unsafe file
-        raise CheckpointError(f"{path.name!r} is not a readable PyTorch state dict "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    sd = _torch_load(path, "official checkpoint", "state dict")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # tolerate a wrapped state dict
     need = ("embedding_X.weight", "reduce_dim.weight", "decoder.timeindex_attn.w_qs.weight")
@@ -277,13 +284,7 @@ def from_upstream(
                           f"{sorted(UPSTREAM_SDT_DEFAULTS)}")
     a = {**UPSTREAM_SDT_DEFAULTS, **sdt_kwargs}
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"upstream checkpoint file not found: {os.fspath(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign or unsafe file
-        raise CheckpointError(f"{path.name!r} is not a readable PyTorch checkpoint "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    payload = _torch_load(path, "upstream checkpoint", "checkpoint")
     sd = payload.get("model_state_dict", payload) if isinstance(payload, Mapping) else None
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path.name!r} is not an upstream RESTORE-DiT checkpoint "
