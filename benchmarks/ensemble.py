@@ -13,6 +13,8 @@ saw any hidden observation:
 - per gap class, the ensemble against that class's best single member (the worst class and every class more
   than 2 % worse, with its number of hidden observations);
 - coverage and mean width of the 50 %, 90 % and 95 % intervals;
+- the dates check: the same with halves of the hidden dates instead of space (both spatial halves share every
+  date, so a blend can learn one date's weather there), where the hidden observations fall on several dates;
 - with ``--cost``: the time of ``fill(method="ensemble")`` over the whole cube against the sum of its members'
   own fills (interleaved, ``--repeat`` times, medians; one torch thread).
 
@@ -100,6 +102,19 @@ def report(name: str, path: Path) -> None:
     print("  intervals (calibrated on one half, checked on the other):")
     print(cov[["level", "coverage", "width", "scale"]].to_string(index=False))
     print(f"  per band 90 % scale: {dict(zip(ens.bands, ens.scale, strict=True))}")
+    dates = ens.scores(split="dates")
+    if dates.empty:
+        print("  dates check: none (the hidden observations are all on dates of one parity)")
+        return
+    dates = dates.set_index("method")
+    d_best = dates.loc[members, "rmse"].idxmin()
+    print(f"  dates check (blend fitted on odd dates, scored on even ones and back): ensemble "
+          f"{dates.loc['ensemble', 'rmse']:.4f} vs {d_best} {dates.loc[d_best, 'rmse']:.4f}: "
+          f"{100 * (dates.loc['ensemble', 'rmse'] / dates.loc[d_best, 'rmse'] - 1):+.1f} % RMSE")
+    dcov = ens.coverage(split="dates")
+    dcov = dcov[dcov["level"].isin([0.5, 0.9, 0.95])]
+    print("  " + ", ".join(f"{r.level:.0%} intervals cover {r.coverage:.3f} (width {r.width:.3f})"
+                           for r in dcov.itertuples()) + " on the other dates")
 
 
 def cost(cube, mask, path: Path, repeat: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -108,6 +109,24 @@ def test_the_ensemble_beats_its_members_and_its_intervals_cover_on_the_other_hal
     assert os.path.getsize(fitted) < 1_000_000
     assert json.loads(fitted.read_text())["format"] == "xrecon-ensemble"
     assert ens.provenance["gaps"] == "clouds" and ens.observations is not None
+
+
+def test_the_dates_check_refits_on_halves_of_the_dates(fitted, scene, tmp_path):
+    ens = load_ensemble(fitted)
+    dates = ens.scores(split="dates").set_index("method")
+    space = ens.scores()
+    space = space[(space.band == "all") & (space.gap_class == "all")].set_index("method")
+    # the same hidden observations, the same members: only the ensemble's blend differs between the checks
+    assert dates["n"].iloc[0] == space["n"].iloc[0]
+    np.testing.assert_allclose(dates.drop("ensemble")["rmse"], space.drop("ensemble")["rmse"])
+    assert dates.loc["ensemble", "rmse"] != space.loc["ensemble", "rmse"]
+    cov = ens.coverage(split="dates").set_index("level")
+    assert abs(cov.loc[0.9, "coverage"] - 0.9) < 0.05
+    with pytest.raises(XreconError, match="split="):
+        ens.scores(split="time")
+    # no dates check (every hidden observation on dates of one parity): an empty table, not an error
+    none = dataclasses.replace(ens, report={**ens.report, "dates": None})
+    assert none.scores(split="dates").empty and none.coverage(split="dates").empty
 
 
 def test_fill_is_lazy_chunk_invariant_and_bounds_the_blend(scene, fitted):
@@ -232,6 +251,7 @@ def test_cli_ensemble_then_fill(scene, tmp_path, capsys):
                  "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "ensemble" in printed and "0.9" in printed and f"wrote {ens}" in printed
+    assert "dates check" in printed
     out = tmp_path / "filled.zarr"
     assert main(["fill", str(cube), str(out), "--method", "ensemble", "--checkpoint", str(ens), "--option",
                  "interval=0.9", "--quiet"]) == 0

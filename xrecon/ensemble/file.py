@@ -124,20 +124,36 @@ class Ensemble:
             out = a + (b - a) * (level - lo) / (hi - lo)
         return np.where(np.isinf(b), np.inf, out)
 
-    def scores(self) -> Any:
+    def _report(self, what: str, split: str) -> list:
+        from xrecon.errors import XreconError
+
+        if split == "space":
+            return list(self.report.get(what, []))
+        if split == "dates":
+            dates = self.report.get("dates")
+            return [] if not dates else list(dates.get(what, []))
+        raise XreconError(f"split={split!r}: expected 'space' (the checkerboard halves) or 'dates'")
+
+    def scores(self, split: str = "space") -> Any:
         """The fitting's scores as a DataFrame: RMSE and MAE of every member and of the ensemble, per band
         ("all" pooled) and gap class ("all" for every class), on the hidden observations of each half with
-        the blend fitted on the other half."""
+        the blend fitted on the other half.
+
+        ``split="dates"``: the same with halves of the hidden dates (odd and even) instead of space, pooled
+        only; both spatial halves share every date, so this says how much of the gain carries over to dates
+        the blend was not fitted on. Empty when the hidden observations are all on dates of one parity (one
+        hidden date, say)."""
         import pandas as pd
 
-        return pd.DataFrame(self.report.get("scores", []))
+        return pd.DataFrame(self._report("scores", split))
 
-    def coverage(self) -> Any:
+    def coverage(self, split: str = "space") -> Any:
         """Interval coverage and mean width at every stored level, as a DataFrame: half-widths calibrated on
-        one spatial half, coverage measured on the other (both ways, pooled)."""
+        one spatial half, coverage measured on the other (both ways, pooled); ``split="dates"`` as in
+        :meth:`scores`."""
         import pandas as pd
 
-        return pd.DataFrame(self.report.get("coverage", []))
+        return pd.DataFrame(self._report("coverage", split))
 
     # -- the file ------------------------------------------------------------------------------------
     def to_plain(self, where: Path) -> dict[str, Any]:

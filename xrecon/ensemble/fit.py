@@ -379,6 +379,13 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     coverage_rows: list[dict[str, Any]] = []
     pooled_oos = np.full(truth.shape, np.nan)
     pooled_cov = []
+    # the same cross-fitting with halves of dates instead of space: both spatial halves share every date, so
+    # what the blend learns of one date's weather carries over to the other half; the dates check says how
+    # much of the gain is left on dates the blend was not fitted on (None: the hidden dates are all of one parity)
+    by_date = got["t"] % 2
+    dated = bool(np.bincount(by_date, minlength=2).min() >= 2)
+    dates_oos = np.full(truth.shape, np.nan)
+    dates_cov = []
     for b, band in enumerate(bands):
         y, P = truth[:, b], preds[:, :, b]
         weights[b], order[b] = blend.fit_band(P, y, cls, n_class, **fit_kw)
@@ -401,6 +408,11 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         widths[b], counts[b] = blend.interval_quantiles(score, cls, n_class, min_calibration=min_calibration)
         coverage, width, covered, _ = checked[choice]
         pooled_cov.append(covered[np.isfinite(score)])
+        if dated:
+            dates_oos[:, b] = _cross_fit(P, y, cls, by_date, n_class, **fit_kw)
+            s_dates = np.abs(y - dates_oos[:, b]) / variants[choice][1]
+            dates_cov.append(_half_widths_checked(s_dates, variants[choice][1], cls, by_date, n_class,
+                                                  min_calibration)[:2])
         for level, c, w in zip(blend.LEVELS, coverage, width, strict=True):
             coverage_rows.append({"band": band, "level": level, "coverage": float(c), "width": float(w),
                                   "scale": choice})
@@ -420,10 +432,18 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
             per_band = [r["width"] for r in coverage_rows if r["level"] == level]
             coverage_rows.append({"band": "all", "level": level, "coverage": float(allcov[:, i].mean()),
                                   "width": float(np.mean(per_band)), "scale": "per band"})
+    dates: dict[str, Any] = {"scores": [], "coverage": []}
+    if dated:
+        dates["scores"] = _score_rows("all", "all", truth.ravel(), preds.reshape(n_member, -1), dates_oos.ravel(),
+                                      names)
+        for i, level in enumerate(blend.LEVELS):
+            dates["coverage"].append({"band": "all", "level": level,
+                                      "coverage": float(np.mean([c[0][i] for c in dates_cov])),
+                                      "width": float(np.mean([c[1][i] for c in dates_cov]))})
     return Ensemble(
         members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
         levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
         spread_member=spread_member if "spread" in scale else None,
-        report={"scores": scores_rows, "coverage": coverage_rows},
+        report={"scores": scores_rows, "coverage": coverage_rows, "dates": dates if dated else None},
     )
 

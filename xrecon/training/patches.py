@@ -249,6 +249,8 @@ class PatchStream(BlockStream):
             valid = cube.optical.isel(y=ys, x=xs).notnull().all("band")
             if cube.clear is not None:
                 valid = valid & cube.clear.isel(y=ys, x=xs).astype(bool)
+            if valid.chunks is not None:  # one chunk per block: dask (>= 2026.8) reshapes only along even chunks
+                valid = valid.chunk({"y": -1, "x": -1})
             lazy.append(valid.coarsen(y=self.size, x=self.size, boundary="trim").mean().data)
         return [np.asarray(a, np.float64) for a in dask.compute(*lazy, scheduler=self.scheduler)]
 
