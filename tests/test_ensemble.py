@@ -111,7 +111,7 @@ def test_the_ensemble_beats_its_members_and_its_intervals_cover_on_the_other_hal
     assert ens.provenance["gaps"] == "clouds" and ens.observations is not None
 
 
-def test_the_dates_check_refits_on_halves_of_the_dates(fitted, scene, tmp_path):
+def test_the_dates_check_refits_on_halves_of_the_dates(fitted):
     ens = load_ensemble(fitted)
     dates = ens.scores(split="dates").set_index("method")
     space = ens.scores()

@@ -432,18 +432,18 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
             per_band = [r["width"] for r in coverage_rows if r["level"] == level]
             coverage_rows.append({"band": "all", "level": level, "coverage": float(allcov[:, i].mean()),
                                   "width": float(np.mean(per_band)), "scale": "per band"})
-    dates: dict[str, Any] = {"scores": [], "coverage": []}
+    dates = None
     if dated:
-        dates["scores"] = _score_rows("all", "all", truth.ravel(), preds.reshape(n_member, -1), dates_oos.ravel(),
-                                      names)
-        for i, level in enumerate(blend.LEVELS):
-            dates["coverage"].append({"band": "all", "level": level,
-                                      "coverage": float(np.mean([c[0][i] for c in dates_cov])),
-                                      "width": float(np.mean([c[1][i] for c in dates_cov]))})
+        dates = {
+            "scores": _score_rows("all", "all", truth.ravel(), preds.reshape(n_member, -1), dates_oos.ravel(), names),
+            "coverage": [{"band": "all", "level": level, "coverage": float(np.mean([c[0][i] for c in dates_cov])),
+                          "width": float(np.mean([c[1][i] for c in dates_cov]))}
+                         for i, level in enumerate(blend.LEVELS)],
+        }
     return Ensemble(
         members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
         levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
         spread_member=spread_member if "spread" in scale else None,
-        report={"scores": scores_rows, "coverage": coverage_rows, "dates": dates if dated else None},
+        report={"scores": scores_rows, "coverage": coverage_rows, "dates": dates},
     )
 
