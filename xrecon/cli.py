@@ -175,7 +175,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         methods, out=args.output, gaps=args.gaps, holdout=args.holdout, seed=args.seed, train=_train_options(args),
         checkpoints=checkpoints, options=_member_options(args.member_option), optical=args.optical, sar=args.sar,
         mask=_mask(args), strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
-        batch_size=args.batch_size, device=args.device,
+        batch_size=args.batch_size, device=args.device, gate=not args.no_gate,
     )
     ens = load_ensemble(path)
     scores = ens.scores()
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
 
-    n = sub.add_parser("ensemble", help="fit a blend of methods per gap class, with calibrated intervals",
+    n = sub.add_parser("ensemble", help="fit a gap-aware blend of methods, with calibrated intervals",
                        formatter_class=_Help)
     n.add_argument("input", help="input cube: Zarr store or netCDF file")
     n.add_argument("output", help="ensemble file to write (networks it trains go to OUTPUT's stem + .members/)")
@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(n, "member networks without a checkpoint")
     n.add_argument("--member-option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="a member's fill option, e.g. restore-dit:n_samples=8 (repeatable)")
+    n.add_argument("--no-gate", action="store_true",
+                   help="weights per gap class only (default: moved per value by gap size, gap days, the members' "
+                        "disagreement and RESTORE-DiT's spread)")
     _add_cube_arguments(n)
     n.add_argument("--batch-size", type=int, default=None, help="pixels per batch (networks)")
     n.add_argument("--device", default=None, help="torch device (networks); default cuda if available")

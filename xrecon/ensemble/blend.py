@@ -41,6 +41,7 @@ __all__ = [
     "best_available",
     "blend",
     "conformal_quantile",
+    "filled",
     "fit_band",
     "fit_weights",
     "interval_quantiles",
@@ -71,6 +72,12 @@ def best_available(P: np.ndarray, order: np.ndarray) -> np.ndarray:
     return out
 
 
+def filled(P: np.ndarray, ranking: np.ndarray) -> np.ndarray:
+    """(M, n) member values and (n, M) member ranking per value -> the values with each member's NaN replaced
+    by the first finite member in the ranking (NaN only where every member is)."""
+    return np.where(np.isnan(P), best_available(P, ranking)[None, :], P)
+
+
 def blend(P: np.ndarray, cls: np.ndarray, weights: np.ndarray, order: np.ndarray) -> np.ndarray:
     """(M, n) member values, (n,) classes, (K, M) weights and (K, M) rankings per class -> (n,) the blend.
 
@@ -82,11 +89,7 @@ def blend(P: np.ndarray, cls: np.ndarray, weights: np.ndarray, order: np.ndarray
     >>> blend(P, np.array([0, 0]), np.array([[0.5, 0.5]]), np.array([[0, 1]])).round(3).tolist()
     [0.3, 0.3]
     """
-    P = np.asarray(P)
-    ranking = order[cls]  # (n, M)
-    fallback = best_available(P, ranking)
-    filled = np.where(np.isnan(P), fallback[None, :], P)
-    return np.einsum("mn,nm->n", filled, weights[cls])
+    return np.einsum("mn,nm->n", filled(np.asarray(P), order[cls]), weights[cls])
 
 
 def rank_members(P: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -135,8 +138,9 @@ def fit_weights(P: np.ndarray, y: np.ndarray, prior: np.ndarray, shrinkage: floa
 
 
 def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shrinkage: float,
-             min_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings).
+             min_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings, (M,) the
+    band's own weights).
 
     Two levels: the band's weights over all its classes, shrunk toward its best member; each class's
     weights, shrunk toward the band's. A class with few observations keeps the band's blend (and a band with
@@ -152,9 +156,9 @@ def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shr
 
     def filled_rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         part = P[:, idx]
-        filled = np.where(np.isnan(part), best_available(part, order[cls[idx]])[None, :], part)
-        ok = np.isfinite(filled).all(axis=0) & np.isfinite(y[idx])
-        return filled[:, ok].T, y[idx][ok]
+        values = filled(part, order[cls[idx]])
+        ok = np.isfinite(values).all(axis=0) & np.isfinite(y[idx])
+        return values[:, ok].T, y[idx][ok]
 
     band = np.zeros(n_member)
     band[overall[0]] = 1.0
@@ -168,7 +172,7 @@ def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shr
             rows, target = filled_rows(idx)
             if len(target):
                 weights[c] = fit_weights(rows, target, band, shrinkage)
-    return weights, order
+    return weights, order, band
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:

@@ -8,7 +8,11 @@ A small text file that loads without running anything (no pickle)::
      "weights": [band][class][member], "order": [band][class][member],
      "levels": [...], "half_widths": [band][class][level] (null = unbounded), "calibration_count": [band][class],
      "scale": [band] "none" | "spread", "scale_floor": [band], "spread_member": int | null,
+     "gate": null | {"features": [...], "bias": [band][member], "classes": [band][class][member],
+              "coef": [band][feature][member], "mean": [band][feature], "scale": [band][feature]},
      "report": {...}, "provenance": {...}, "observations": {...}}
+
+Version 1 files (before the gate) have no ``gate``: they blend with the class weights alone.
 
 Member checkpoints are stored relative to the ensemble file when they lie beside it (so the folder can be
 moved), with their sha256: a changed checkpoint is refused at load.
@@ -30,12 +34,13 @@ import numpy as np
 
 from xrecon._version import __version__
 from xrecon.ensemble.features import GapClasses
+from xrecon.ensemble.gate import Gate
 from xrecon.errors import CheckpointError, OutputExistsError
 
 __all__ = ["ENSEMBLE_FORMAT", "Ensemble", "Member", "cached_ensemble", "is_ensemble_file", "load_ensemble"]
 
 ENSEMBLE_FORMAT = "xrecon-ensemble"
-ENSEMBLE_FORMAT_VERSION = 1
+ENSEMBLE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Ensemble:
     bands : tuple of str
     classes : GapClasses
     weights : ndarray (band, class, member)
-        Blend weights (summing to one per band and class).
+        The class blend's weights (summing to one per band and class): every value's weights without a gate,
+        where the gate starts from with one.
     order : ndarray (band, class, member) of int
         Members from best to worst per class: a member's NaN is replaced by the first finite one.
     levels : tuple of float
@@ -72,6 +78,9 @@ class Ensemble:
         being ``optical_std`` of member ``spread_member``).
     scale_floor : ndarray (band,)
     spread_member : int or None
+        The member whose ``optical_std`` the intervals' scale or the gate uses.
+    gate : Gate or None
+        Weights per value (:mod:`xrecon.ensemble.gate`); None: the class weights alone.
     report : dict
         Scores measured when fitting (docs/ensemble.md): see :meth:`scores` and :meth:`coverage`.
     provenance : dict
@@ -90,6 +99,7 @@ class Ensemble:
     scale: tuple[str, ...]
     scale_floor: np.ndarray
     spread_member: int | None = None
+    gate: Gate | None = None
     report: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
     observations: Mapping[str, Any] | None = None
@@ -171,6 +181,7 @@ class Ensemble:
             "weights": _plain(self.weights), "order": self.order.astype(int).tolist(), "levels": list(self.levels),
             "half_widths": _plain(self.half_widths), "calibration_count": self.calibration_count.astype(int).tolist(),
             "scale": list(self.scale), "scale_floor": _plain(self.scale_floor), "spread_member": self.spread_member,
+            "gate": None if self.gate is None else _plain(self.gate.to_plain()),
             "report": _plain(dict(self.report)), "provenance": _plain(dict(self.provenance)),
             "observations": None if self.observations is None else dict(self.observations),
         }
@@ -281,6 +292,7 @@ def load_ensemble(path: str | os.PathLike, *, verify: bool = True) -> Ensemble:
             levels=tuple(float(v) for v in d["levels"]), half_widths=half,
             calibration_count=np.asarray(d["calibration_count"], dtype=np.int64), scale=tuple(d["scale"]),
             scale_floor=_array(d["scale_floor"], "scale_floor", 1), spread_member=d.get("spread_member"),
+            gate=None if d.get("gate") is None else Gate.from_plain(d["gate"], n_band, classes.n, n_member),
             report=d.get("report") or {}, provenance=d.get("provenance") or {}, observations=d.get("observations"),
         )
     except CheckpointError:

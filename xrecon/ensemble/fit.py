@@ -23,6 +23,7 @@ from xrecon import leakage, protocol
 from xrecon._version import __version__
 from xrecon.cube import AUTO_MASK, DEFAULT_SAR, resolve_mask, validate
 from xrecon.ensemble import blend
+from xrecon.ensemble import gate as gating
 from xrecon.ensemble.features import (
     DEFAULT_DAYS_EDGES,
     DEFAULT_SIZE_EDGES,
@@ -148,16 +149,35 @@ def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens
     return rows
 
 
-def _cross_fit(P: np.ndarray, y: np.ndarray, cls: np.ndarray, half: np.ndarray, n_class: int,
-               **kw: Any) -> np.ndarray:
-    """Each half's blend with the weights fitted on the other half."""
+def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, n_class: int, *,
+              shrinkage: float, min_class: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+    """One band's class blend, member ranking and (with features ``raw``) gate."""
+    weights, order, band = blend.fit_band(P, y, cls, n_class, shrinkage=shrinkage, min_class=min_class)
+    if raw is None or P.shape[0] < 2:
+        return weights, order, None
+    values = blend.filled(P, order[cls])
+    ok = np.isfinite(values).all(axis=0) & np.isfinite(y)
+    params = gating.fit_gate(values[:, ok], y[ok], cls[ok], n_class, raw[ok], band, weights, shrinkage=shrinkage)
+    return weights, order, params
+
+
+def _predict(P: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, weights: np.ndarray, order: np.ndarray,
+             params: dict[str, np.ndarray] | None) -> np.ndarray:
+    if params is None:
+        return blend.blend(P, cls, weights, order)
+    return gating.gated_blend(params, blend.filled(P, order[cls]), cls, raw)
+
+
+def _cross_fit(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, half: np.ndarray,
+               n_class: int, **kw: Any) -> np.ndarray:
+    """Each half's blend with the weights (and gate) fitted on the other half."""
     out = np.full(y.shape, np.nan)
     for h in (0, 1):
         fit, other = half != h, half == h
         if not fit.any() or not other.any():
             continue
-        w, order = blend.fit_band(P[:, fit], y[fit], cls[fit], n_class, **kw)
-        out[other] = blend.blend(P[:, other], cls[other], w, order)
+        w, order, params = _fit_band(P[:, fit], y[fit], cls[fit], None if raw is None else raw[fit], n_class, **kw)
+        out[other] = _predict(P[:, other], cls[other], None if raw is None else raw[other], w, order, params)
     return out
 
 
@@ -202,6 +222,7 @@ def fit_ensemble(
     sar_classes: bool = True,
     sar_window: float = 6.0,
     shrinkage: float = 100.0,
+    gate: bool = True,
     min_class: int = 50,
     min_calibration: int = 50,
     split_block: int | None = None,
@@ -242,6 +263,10 @@ def fit_ensemble(
     shrinkage : float
         Pseudo-observations pulling each class's weights toward the band's blend (which is pulled toward the
         band's best member the same way): a class with few hidden observations keeps the band's weights.
+    gate : bool
+        Let the weights move with each value inside its class (:mod:`xrecon.ensemble.gate`: gap size, gap days,
+        the members' disagreement and RESTORE-DiT's spread, through a softmax started at the class blend);
+        False: every value of a class gets the class's weights.
     min_class, min_calibration : int
         Classes with fewer hidden observations rank their members and calibrate their intervals with the
         band's pooled observations.
@@ -274,6 +299,8 @@ def fit_ensemble(
     if split_block is None:
         split_block = max(1, min(32, min(ds[optical].sizes["y"], ds[optical].sizes["x"]) // 4))
     methods = _check(methods, holdout, shrinkage, split_block, max_samples)
+    if not isinstance(gate, bool):
+        raise XreconError(f"gate={gate!r}: expected True (weights per value) or False (weights per gap class)")
     gaps = check_gaps(gaps)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -335,12 +362,13 @@ def fit_ensemble(
                           f"halves of {halves.tolist()}): give a smaller split_block, or a larger holdout")
 
     ens = _fit(got, members, cube.bands, classes, spread_member,
-               shrinkage=float(shrinkage), min_class=min_class,
+               shrinkage=float(shrinkage), min_class=min_class, gated=bool(gate),
                min_calibration=min_calibration, split_block=split_block)
     provenance = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "xrecon_version": __version__,
         "holdout": holdout, "gaps": gaps, "seed": seed, "mask": "" if mask is None else str(mask),
         "hidden": n_hidden, "used": int(len(got["t"])), "split_block": split_block, "shrinkage": float(shrinkage),
+        "gate": bool(gate),
         "min_class": min_class, "min_calibration": min_calibration, "cube": {k: int(v) for k, v in ds.sizes.items()},
         "times": [str(cube.times[0]), str(cube.times[-1])], "crs": crs,
         "trained": {m: _training_summary(p) for m, p in trained.items()},
@@ -360,7 +388,7 @@ def _training_summary(path: str) -> dict[str, Any]:
 
 def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequence[str], classes: GapClasses,
          spread_member: int | None, *, shrinkage: float, min_class: int, min_calibration: int,
-         split_block: int) -> Ensemble:
+         split_block: int, gated: bool = True) -> Ensemble:
     """The blend, half-widths and report from the gathered hidden observations (numpy only)."""
     n_member, n_band, n_class = len(members), len(bands), classes.n
     names = [m.method for m in members]
@@ -369,6 +397,9 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     truth = got["truth"].astype(np.float64)  # (n, C)
     preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
     fit_kw = {"shrinkage": shrinkage, "min_class": min_class}
+    gated = gated and n_member > 1
+    features = gating.FEATURES[:4 if spread_member is not None else 3]
+    gates = []
 
     weights = np.zeros((n_band, n_class, n_member))
     order = np.zeros((n_band, n_class, n_member), np.int64)
@@ -388,8 +419,12 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     dates_cov = []
     for b, band in enumerate(bands):
         y, P = truth[:, b], preds[:, :, b]
-        weights[b], order[b] = blend.fit_band(P, y, cls, n_class, **fit_kw)
-        oos = _cross_fit(P, y, cls, half, n_class, **fit_kw)
+        spread = None if spread_member is None else got["spread"][:, b]
+        raw = gating.features(got["size"], got["days"], P, spread, reach=classes.reach) if gated else None
+        weights[b], order[b], params = _fit_band(P, y, cls, raw, n_class, **fit_kw)
+        if params is not None:
+            gates.append(params)
+        oos = _cross_fit(P, y, cls, raw, half, n_class, **fit_kw)
         pooled_oos[:, b] = oos
         residual = np.abs(y - oos)
         variants = {"none": (residual, np.ones_like(residual), 0.0)}
@@ -409,7 +444,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         coverage, width, covered, _ = checked[choice]
         pooled_cov.append(covered[np.isfinite(score)])
         if dated:
-            dates_oos[:, b] = _cross_fit(P, y, cls, by_date, n_class, **fit_kw)
+            dates_oos[:, b] = _cross_fit(P, y, cls, raw, by_date, n_class, **fit_kw)
             s_dates = np.abs(y - dates_oos[:, b]) / variants[choice][1]
             dates_cov.append(_half_widths_checked(s_dates, variants[choice][1], cls, by_date, n_class,
                                                   min_calibration)[:2])
@@ -443,7 +478,8 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     return Ensemble(
         members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
         levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
-        spread_member=spread_member if "spread" in scale else None,
+        spread_member=spread_member if "spread" in scale or (gates and "spread" in features) else None,
+        gate=gating.Gate.stack(features, gates) if gates else None,
         report={"scores": scores_rows, "coverage": coverage_rows, "dates": dates},
     )
 

@@ -4,7 +4,8 @@ An ensemble file (:func:`xrecon.ensemble.fit_ensemble`) names its members and ho
 class. Each block runs every member once, on the part of the window it needs (a pixel method on the block
 alone, a patch method on the block and its own halo), measures every query's gap class on the window
 (:mod:`xrecon.ensemble.features`: the distance to the nearest clear pixel of the date needs the halo), and
-blends the members with the class's weights (:func:`xrecon.ensemble.blend.blend`). With ``interval=`` it adds
+blends the members with the class's weights (:func:`xrecon.ensemble.blend.blend`), moved per value by the
+ensemble's gate where it has one (:mod:`xrecon.ensemble.gate`). With ``interval=`` it adds
 ``optical_lower`` and ``optical_upper``: the blend minus and plus the class's calibrated half-width (times
 the spread of a member, where the ensemble was calibrated so). Clear observations passed through (at query
 times that are optical dates) have both bounds equal to the observation.
@@ -126,7 +127,8 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
                   offset: tuple[int, int], sar: np.ndarray | None = None, sar_t: np.ndarray | None = None,
                   **kw: Any) -> dict[str, np.ndarray]:
     """The patch kernel: every member once on the window, gap classes, the blend and its bounds (core only)."""
-    from xrecon.ensemble.blend import blend
+    from xrecon.ensemble import gate
+    from xrecon.ensemble.blend import blend, filled
     from xrecon.ensemble.features import distance_to_clear, gap_days, sar_in_reach
     from xrecon.ensemble.file import cached_ensemble
 
@@ -168,7 +170,13 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
     optical = np.empty((len(query), n_band, ny, nx), np.float32)
     for b in range(n_band):
         P = preds[:, :, b].reshape(n_member, -1).astype(np.float64)
-        optical[:, b] = blend(P, cls, ens.weights[b], ens.order[b]).reshape(len(query), ny, nx)
+        if ens.gate is None:
+            blended = blend(P, cls, ens.weights[b], ens.order[b])
+        else:
+            std = spread[:, b].reshape(-1) if ens.gate.uses_spread else None
+            raw = gate.features(size.reshape(-1), days.reshape(-1), P, std, reach=ens.classes.reach)
+            blended = gate.gated_blend(ens.gate.band(b), filled(P, ens.order[b][cls]), cls, raw)
+        optical[:, b] = blended.reshape(len(query), ny, nx)
     out = {"optical": optical}
     if not kw["interval"]:
         return out
