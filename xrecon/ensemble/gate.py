@@ -105,8 +105,7 @@ class Gate:
         return {k: getattr(self, k)[b] for k in _PARAMS}
 
     def to_plain(self) -> dict[str, Any]:
-        return {"features": list(self.features), "bias": self.bias.tolist(), "classes": self.classes.tolist(),
-                "coef": self.coef.tolist(), "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        return {"features": list(self.features), **{k: getattr(self, k).tolist() for k in _PARAMS}}
 
     @classmethod
     def from_plain(cls, d: Mapping[str, Any], n_band: int, n_class: int, n_member: int) -> Gate:
@@ -132,7 +131,12 @@ def weights(params: Mapping[str, np.ndarray], cls: np.ndarray, raw: np.ndarray) 
     """One band's gate (:func:`fit_gate`), (n,) classes and (n, F) raw features -> (n, M) weights (a NaN feature
     counts as its mean)."""
     f = np.nan_to_num((raw - params["mean"]) / params["scale"], nan=0.0)
-    z = params["bias"][None, :] + params["classes"][cls] + f @ params["coef"]
+    return _softmax(params["bias"], params["classes"], params["coef"], cls, f)
+
+
+def _softmax(bias: np.ndarray, classes: np.ndarray, coef: np.ndarray, cls: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """The gate's formula on standardised features ``f`` (n, F) -> (n, M) weights (fitting and filling)."""
+    z = bias[None, :] + classes[cls] + f @ coef
     z -= z.max(axis=1, keepdims=True)
     w = np.exp(z)
     return w / w.sum(axis=1, keepdims=True)
@@ -190,10 +194,7 @@ def fit_gate(filled: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, r
         bias = theta[:n_bias]
         A = theta[n_bias:n_bias + n_cls].reshape(n_class, n_member)
         B = theta[n_bias + n_cls:].reshape(n_feature, n_member)
-        z = bias[None, :] + A[cls] + f @ B
-        z -= z.max(axis=1, keepdims=True)
-        w = np.exp(z)
-        w /= w.sum(axis=1, keepdims=True)
+        w = _softmax(bias, A, B, cls, f)
         pred = np.einsum("mn,nm->n", P, w)
         r = pred - y
         loss = r @ r / d2 + lam * (np.sum((bias - bias0) ** 2) + np.sum((A - A0) ** 2)) + FEATURE_RIDGE * np.sum(B ** 2)
