@@ -19,10 +19,13 @@ saw any hidden observation:
   own fills (interleaved, ``--repeat`` times, medians; one torch thread).
 
 Ensemble files and the networks are kept in ``--out``; a later run reuses the networks (``--retrain`` trains
-them again) and fits the blend again.
+them again) and fits the blend again. ``--seeds 0 1 2`` makes one such run per seed (each its own hold-out,
+networks and blend, in ``--out/seed<S>``) and then pools them: on a cube with few dates one seed hides one
+date, and a figure of one date is one weather situation.
 
     XRECON_TEST_DATA=../shared .venv/bin/python benchmarks/ensemble.py               # ~1 h on 2 cores
     .venv/bin/python benchmarks/ensemble.py --budget 30s --cubes romania --cost --retrain   # a quick look
+    XRECON_TEST_DATA=../shared .venv/bin/python benchmarks/ensemble.py --cubes belgium --seeds 0 1 2 4 5
 """
 
 from __future__ import annotations
@@ -69,10 +72,11 @@ def fit(name: str, cube, mask, args) -> Path:
     return path
 
 
-def report(name: str, path: Path) -> None:
+def report(name: str, path: Path) -> dict:
+    """Print the ensemble's figures; return the pooled ones (n, RMSE per method, coverage and width per level)."""
     ens = load_ensemble(path)
     for m, t in ens.provenance.get("trained", {}).items():
-        print(f"  {m}: {t['steps']} steps, {t['train_seconds']:.0f} s of training on {t['device']}")
+        print(f"  {m}: best checkpoint at step {t['steps']}, {t['train_seconds']:.0f} s into training on {t['device']}")
     print(f"  {ens.provenance['hidden']:,} hidden observations, {ens.provenance['used']:,} used")
     scores = ens.scores()
     pooled = "all" if (scores["band"] == "all").any() else scores["band"].iloc[0]
@@ -83,9 +87,10 @@ def report(name: str, path: Path) -> None:
     with pd.option_context("display.width", 200, "display.precision", 4):
         print(overall[["n", "rmse", "mae"]].to_string())
     print(f"  ensemble vs best single member ({best}): {100 * change:+.1f} % RMSE")
-    rows = []
+    rows, per_class = [], {}
     for group, g in scores[(scores["band"] == pooled) & (scores["gap_class"] != "all")].groupby("gap_class"):
         g = g.set_index("method")
+        per_class[group] = {"n": int(g.loc["ensemble", "n"]), "rmse": g["rmse"].to_dict()}
         m = g.loc[members, "rmse"].idxmin()
         rows.append({"gap_class": group, "n": int(g.loc["ensemble", "n"]), "best member": m,
                      "best rmse": g.loc[m, "rmse"], "ensemble rmse": g.loc["ensemble", "rmse"],
@@ -102,10 +107,12 @@ def report(name: str, path: Path) -> None:
     print("  intervals (calibrated on one half, checked on the other):")
     print(cov[["level", "coverage", "width", "scale"]].to_string(index=False))
     print(f"  per band 90 % scale: {dict(zip(ens.bands, ens.scale, strict=True))}")
+    summary = {"n": int(overall.loc["ensemble", "n"]), "rmse": overall["rmse"].to_dict(), "classes": per_class,
+               "coverage": {r.level: (r.coverage, r.width) for r in cov.itertuples()}}
     dates = ens.scores(split="dates")
     if dates.empty:
         print("  dates check: none (the hidden observations are all on dates of one parity)")
-        return
+        return summary
     dates = dates.set_index("method")
     d_best = dates.loc[members, "rmse"].idxmin()
     print(f"  dates check (blend fitted on odd dates, scored on even ones and back): ensemble "
@@ -115,6 +122,43 @@ def report(name: str, path: Path) -> None:
     dcov = dcov[dcov["level"].isin([0.5, 0.9, 0.95])]
     print("  " + ", ".join(f"{r.level:.0%} intervals cover {r.coverage:.3f} (width {r.width:.3f})"
                            for r in dcov.itertuples()) + " on the other dates")
+    return summary
+
+
+def _pooled_rmse(parts: list[dict]) -> dict[str, float]:
+    """[{"n", "rmse": {method: rmse}}] -> {method: the RMSE over all their values}."""
+    n = np.array([p["n"] for p in parts], np.float64)
+    return {m: float(np.sqrt(np.sum(n * np.array([p["rmse"][m] for p in parts]) ** 2) / n.sum()))
+            for m in parts[0]["rmse"]}
+
+
+def pooled(name: str, seeds: list[int], rows: list[dict]) -> None:
+    """The runs of several seeds (each its own hold-out, networks and blend) as one: every hidden value once."""
+    n = np.array([r["n"] for r in rows], np.float64)
+    rmse = _pooled_rmse(rows)
+    members = [m for m in rmse if m != "ensemble"]
+    best = min(members, key=rmse.get)
+    print(f"\n== {name}, seeds {seeds} pooled ({int(n.sum()):,} values): "
+          + ", ".join(f"{m} {v:.4f}" for m, v in rmse.items()))
+    print(f"  ensemble vs best single member ({best}): {100 * (rmse['ensemble'] / rmse[best] - 1):+.1f} % RMSE; "
+          "per seed: " + ", ".join(f"{100 * (r['rmse']['ensemble'] / min(r['rmse'][m] for m in members) - 1):+.1f} %"
+                                   for r in rows) + " against that seed's best member")
+    for level in (0.5, 0.9, 0.95):
+        c = np.sum(n * [r["coverage"][level][0] for r in rows]) / n.sum()
+        w = np.sum(n * [r["coverage"][level][1] for r in rows]) / n.sum()
+        print(f"  {level:.0%} intervals cover {c:.3f} (width {w:.3f})")
+    worse, total = [], 0
+    for group in sorted({g for r in rows for g in r["classes"]}):
+        parts = [r["classes"][group] for r in rows if group in r["classes"]]
+        got = _pooled_rmse(parts)
+        size = sum(p["n"] for p in parts)
+        total += size
+        change = got["ensemble"] / min(got[m] for m in members) - 1
+        if change > 0.02:
+            worse.append((group, change, size))
+    print(f"  classes more than 2 % worse than their best member, pooled: {len(worse)}, holding "
+          f"{sum(w[2] for w in worse)} of {total} values" + (": " if worse else "")
+          + "; ".join(f"{g} {100 * c:+.1f} % (n = {k})" for g, c, k in worse))
 
 
 def cost(cube, mask, path: Path, repeat: int) -> None:
@@ -141,6 +185,8 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.1)
     p.add_argument("--samples", type=int, default=8, help="RESTORE-DiT samples per tile (its spread)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="several runs, each with its own hold-out, networks and blend (in --out/seed<S>), then pooled")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and filling")
     p.add_argument("--device", default=None)
     p.add_argument("--cost", action="store_true", help="also time the ensemble's fill against its members'")
@@ -154,14 +200,22 @@ def main() -> None:
     found = {k: v for k, v in cubes().items() if k in args.cubes}
     if not found:
         raise SystemExit("no cube found (set XRECON_TEST_DATA)")
+    seeds = args.seeds or [args.seed]
     for name, (cube, mask) in found.items():
         cube = cube.load().chunk({"y": 50, "x": 50})
-        print(f"\n== {name}: cube {dict(cube.sizes)}", flush=True)
-        path = fit(name, cube, mask, args)
-        report(name, path)
-        if args.cost:
-            cost(cube, mask, path, args.repeat)
-        sys.stdout.flush()
+        rows = []
+        for seed in seeds:
+            run = argparse.Namespace(**{**vars(args), "seed": seed})
+            if args.seeds:
+                run.out = os.path.join(args.out, f"seed{seed}")
+            print(f"\n== {name}: cube {dict(cube.sizes)}, seed {seed}", flush=True)
+            path = fit(name, cube, mask, run)
+            rows.append(report(name, path))
+            if args.cost and seed == seeds[0]:
+                cost(cube, mask, path, args.repeat)
+            sys.stdout.flush()
+        if len(rows) > 1:
+            pooled(name, seeds, rows)
 
 
 if __name__ == "__main__":

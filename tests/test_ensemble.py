@@ -336,3 +336,64 @@ def test_an_ensemble_file_without_a_gate_still_fills_with_its_class_weights(scen
                             scene.recon.fill("9D", method="ensemble", checkpoint=path))
     with pytest.raises(XreconError, match="gate="):
         fit_ensemble(scene, ["linear"], out=tmp_path / "x.xrecon", gate="yes")
+
+
+# ------------------------------------------------------------------------------------------- interval scales
+
+
+def test_intervals_scale_with_the_members_disagreement_where_it_tracks_the_error():
+    # the error of every member grows with a per-value noise level the members share; where they disagree
+    # more, the blend is wronger: residuals divided by that disagreement give sharper intervals that still cover
+    from xrecon.ensemble.blend import LEVELS
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _fit, _half_widths_checked, _scale_variants
+
+    rng = np.random.default_rng(5)
+    n = 12000
+    sigma = np.exp(rng.uniform(np.log(0.003), np.log(0.06), n))[:, None]
+    truth = rng.uniform(0, 0.4, (n, 1))
+    got = {"t": rng.integers(0, 12, n), "y": rng.integers(0, 60, n), "x": rng.integers(0, 60, n),
+           "size": np.full(n, 5.0), "days": np.full(n, 5.0), "truth": truth,
+           **{f"m{i}": truth + rng.normal(0, 1, (n, 1)) * sigma for i in range(3)}}
+    classes = GapClasses(size_edges=(100.0,), days_edges=(1000.0,))
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    ens = _fit(got, (Member("linear"), Member("neighbors"), Member("harmonic")), ("b",), classes, None, **kw)
+    assert ens.scale == ("disagreement",) and ens.scale_floor[0] > 0
+    cov = ens.coverage().set_index("level")
+    assert abs(cov.loc[0.9, "coverage"] - 0.9) < 0.02 and abs(cov.loc[0.5, "coverage"] - 0.5) < 0.03
+    # against the same cross-fitted residuals without a scale
+    P = np.stack([got[f"m{i}"][:, 0] for i in range(3)])
+    residual = np.abs(truth[:, 0] - P.mean(axis=0))
+    scores, scale, _ = _scale_variants(residual, P, None, 3)["none"]
+    half = ((got["y"] // 10) + (got["x"] // 10)) % 2
+    plain = _half_widths_checked(scores, scale, np.zeros(n, np.int64), half, 1, 50)[1][LEVELS.index(0.9)]
+    assert cov.loc[0.9, "width"] < 0.9 * plain  # measured: 0.037 vs 0.044
+
+
+def test_fill_scales_its_intervals_as_the_file_says(scene, tmp_path):
+    # one gap class for every value off the optical dates: each interval's half-width is the class's, times the
+    # members' disagreement at that value plus the floor; a fill that ignored the scale would give one width
+    from xrecon.ensemble.blend import disagreement
+
+    members = ["linear", "harmonic"]
+    path = fit_ensemble(scene, members, out=tmp_path / "e.xrecon", holdout=0.15, split_block=10, sar_classes=False,
+                        size_edges=(0.5,), days_edges=(1000.0,), gate=False)
+    d = json.loads(path.read_text())
+    d["scale"], d["scale_floor"] = ["disagreement"] * len(d["bands"]), [0.01] * len(d["bands"])
+    path.write_text(json.dumps(d))
+    ens = load_ensemble(path)
+    out = scene.recon.fill("9D", method="ensemble", checkpoint=path, interval=0.9)
+    each = np.stack([scene.recon.fill("9D", method=m).optical.values for m in members])
+    spread = disagreement(each.reshape(len(members), -1)).reshape(each.shape[1:])
+    off_dates = ~np.isin(out.time.values, scene.time.values)
+    assert off_dates.sum() > 5
+    ok = np.isfinite(out.optical.values) & off_dates[:, None, None, None]
+    half = (out.optical_upper - out.optical_lower).values / 2
+    assert ens.classes.index(np.array([np.inf]), np.array([5.0]))[0] == 2  # no clear pixel on the date, <1000 d
+    expected = ens.half_width(0.9)[:, 2][None, :, None, None] * (spread + 0.01)
+    np.testing.assert_allclose(half[ok], np.broadcast_to(expected, half.shape)[ok], rtol=1e-4, atol=1e-6)
+    assert half[ok].max() > 2 * half[ok].min()  # the widths move with the disagreement
+    d["scale"] = ["spread"] * len(d["bands"])  # names a member's spread, but no member gives one
+    path.write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="spread_member"):
+        load_ensemble(path)

@@ -24,12 +24,13 @@ only where every member is.
 
 Intervals
 ---------
-Split-conformal: the score of a hidden observation is its absolute residual (optionally divided by a
-member's spread plus a floor, ``scale``); the half-width at level ``a`` for a class is the
-``ceil((n + 1) a)``-th smallest of the class's ``n`` scores (``inf`` when there are too few), the band's
-pooled scores where the class has fewer than ``min_calibration``. With scores from observations the blend
-was not fitted on, ``prediction +- half-width`` covers a new observation of the same kind with probability
-at least ``a`` (exchangeability; docs/ensemble.md says when that does not hold).
+Split-conformal: the score of a hidden observation is its absolute residual divided by a scale
+(:func:`interval_scale`: 1, a member's spread, the members' disagreement or both, plus a floor); the
+half-width at level ``a`` for a class is the ``ceil((n + 1) a)``-th smallest of the class's ``n`` scores
+(``inf`` when there are too few; the band's pooled scores where the class has fewer than
+``min_calibration``), times the value's scale. With scores from observations the blend was not fitted on,
+``prediction +- half-width`` covers a new observation of the same kind with probability at least ``a``
+(exchangeability; docs/ensemble.md says when that does not hold).
 """
 
 from __future__ import annotations
@@ -38,18 +39,24 @@ import numpy as np
 
 __all__ = [
     "LEVELS",
+    "SCALES",
     "best_available",
     "blend",
     "conformal_quantile",
+    "disagreement",
     "filled",
     "fit_band",
     "fit_weights",
     "interval_quantiles",
+    "interval_scale",
     "rank_members",
 ]
 
 #: Levels whose half-widths an ensemble file stores (others are interpolated between them).
 LEVELS = (*[round(0.05 * i, 2) for i in range(1, 20)], 0.975, 0.99)
+#: What the intervals' residuals can be divided by, simplest first: nothing; RESTORE-DiT's spread
+#: (``optical_std``); the members' disagreement (their standard deviation at the value); both (in quadrature).
+SCALES = ("none", "spread", "disagreement", "spread+disagreement")
 
 
 def best_available(P: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -173,6 +180,46 @@ def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shr
             if len(target):
                 weights[c] = fit_weights(rows, target, band, shrinkage)
     return weights, order, band
+
+
+def disagreement(P: np.ndarray) -> np.ndarray:
+    """(M, n) member values -> (n,) their standard deviation over the finite ones (0 where fewer than two are).
+
+    Examples
+    --------
+    >>> disagreement(np.array([[0.1, 0.2, np.nan], [0.3, np.nan, np.nan]])).round(2).tolist()
+    [0.1, 0.0, 0.0]
+    """
+    P = np.asarray(P, np.float64)
+    n = np.isfinite(P).sum(axis=0)
+    mean = np.nansum(P, axis=0) / np.maximum(n, 1)
+    var = np.nansum((P - mean) ** 2, axis=0) / np.maximum(n, 1)
+    return np.where(n > 1, np.sqrt(var), 0.0)
+
+
+def interval_scale(kind: str, P: np.ndarray, spread: np.ndarray | None, floor: float) -> np.ndarray:
+    """(n,) what each value's residual is divided by for intervals of scale ``kind`` (one of :data:`SCALES`):
+    1 for ``"none"``; else the spread (NaN as 0), the members' :func:`disagreement` ``P`` (M, n), or both in
+    quadrature, plus ``floor`` (fitted as the median of that quantity, so that no value's scale is near 0).
+
+    Examples
+    --------
+    >>> P = np.array([[0.1, 0.2], [0.3, 0.2]])
+    >>> interval_scale("disagreement", P, None, 0.05).round(2).tolist()
+    [0.15, 0.05]
+    >>> interval_scale("spread+disagreement", P, np.array([0.0, 0.04]), 0.05).round(2).tolist()
+    [0.15, 0.09]
+    """
+    if kind not in SCALES:
+        raise ValueError(f"interval scale {kind!r}: expected one of {SCALES}")
+    if kind == "none":
+        return np.ones(np.shape(P)[1])
+    squares = np.zeros(np.shape(P)[1])
+    if "spread" in kind:
+        squares = squares + np.nan_to_num(np.asarray(spread, np.float64), nan=0.0) ** 2
+    if "disagreement" in kind:
+        squares = squares + disagreement(P) ** 2
+    return np.sqrt(squares) + float(floor)
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:

@@ -7,12 +7,15 @@ A small text file that loads without running anything (no pickle)::
      "bands": [...], "classes": {"size_edges": [...], "days_edges": [...], "sar": true, "sar_window": 6.0},
      "weights": [band][class][member], "order": [band][class][member],
      "levels": [...], "half_widths": [band][class][level] (null = unbounded), "calibration_count": [band][class],
-     "scale": [band] "none" | "spread", "scale_floor": [band], "spread_member": int | null,
+     "scale": [band] "none" | "spread" | "disagreement" | "spread+disagreement", "scale_floor": [band],
+     "spread_member": int | null,
      "gate": null | {"features": [...], "bias": [band][member], "classes": [band][class][member],
               "coef": [band][feature][member], "mean": [band][feature], "scale": [band][feature]},
      "report": {...}, "provenance": {...}, "observations": {...}}
 
-Version 1 files (before the gate) have no ``gate``: they blend with the class weights alone.
+Version 1 files (before the gate) have no ``gate``: they blend with the class weights alone. Version 3 added
+the scales ``"disagreement"`` and ``"spread+disagreement"`` (:data:`xrecon.ensemble.blend.SCALES`), which an
+xrecon reading version 2 would not apply.
 
 Member checkpoints are stored relative to the ensemble file when they lie beside it (so the folder can be
 moved), with their sha256: a changed checkpoint is refused at load.
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from xrecon._version import __version__
+from xrecon.ensemble.blend import SCALES
 from xrecon.ensemble.features import GapClasses
 from xrecon.ensemble.gate import Gate
 from xrecon.errors import CheckpointError, OutputExistsError
@@ -40,7 +44,7 @@ from xrecon.errors import CheckpointError, OutputExistsError
 __all__ = ["ENSEMBLE_FORMAT", "Ensemble", "Member", "cached_ensemble", "is_ensemble_file", "load_ensemble"]
 
 ENSEMBLE_FORMAT = "xrecon-ensemble"
-ENSEMBLE_FORMAT_VERSION = 2
+ENSEMBLE_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,9 @@ class Ensemble:
     calibration_count : ndarray (band, class)
         Hidden observations each class's half-widths come from (classes with too few use the band's pooled).
     scale : tuple of str
-        Per band, "none" (score = ``|residual|``) or "spread" (score = ``|residual| / (spread + floor)``, the spread
-        being ``optical_std`` of member ``spread_member``).
+        Per band, one of :data:`~xrecon.ensemble.blend.SCALES`: the score is ``|residual|`` divided by
+        :func:`~xrecon.ensemble.blend.interval_scale` (1, the ``optical_std`` of member ``spread_member``, the
+        members' disagreement or both, plus ``scale_floor``).
     scale_floor : ndarray (band,)
     spread_member : int or None
         The member whose ``optical_std`` the intervals' scale or the gate uses.
@@ -287,10 +292,17 @@ def load_ensemble(path: str | os.PathLike, *, verify: bool = True) -> Ensemble:
             raise CheckpointError(f"{path.name!r} is a damaged ensemble file: weights {weights.shape}, order "
                                   f"{order.shape}, half_widths {half.shape} do not fit {n_band} bands, {classes.n} "
                                   f"classes, {n_member} members and {len(d['levels'])} levels")
+        scale = tuple(d["scale"])
+        if len(scale) != n_band or not set(scale) <= set(SCALES):
+            raise CheckpointError(f"{path.name!r} is a damaged ensemble file: interval scales {list(scale)}, expected "
+                                  f"one of {list(SCALES)} per band ({n_band})")
+        if any("spread" in k for k in scale) and d.get("spread_member") is None:
+            raise CheckpointError(f"{path.name!r} is a damaged ensemble file: its intervals scale with a member's "
+                                  "spread, but it names no member giving one (spread_member)")
         return Ensemble(
             members=tuple(members), bands=tuple(d["bands"]), classes=classes, weights=weights, order=order,
             levels=tuple(float(v) for v in d["levels"]), half_widths=half,
-            calibration_count=np.asarray(d["calibration_count"], dtype=np.int64), scale=tuple(d["scale"]),
+            calibration_count=np.asarray(d["calibration_count"], dtype=np.int64), scale=scale,
             scale_floor=_array(d["scale_floor"], "scale_floor", 1), spread_member=d.get("spread_member"),
             gate=None if d.get("gate") is None else Gate.from_plain(d["gate"], n_band, classes.n, n_member),
             report=d.get("report") or {}, provenance=d.get("provenance") or {}, observations=d.get("observations"),

@@ -203,6 +203,22 @@ def _half_widths_checked(scores: np.ndarray, scale: np.ndarray, cls: np.ndarray,
     return covered[ok].mean(axis=0), mean_width, covered, width
 
 
+def _scale_variants(residual: np.ndarray, P: np.ndarray, spread: np.ndarray | None,
+                    n_member: int) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """The interval scales this band can use: {kind: (scores, scale, floor)}, the floor being the median of the
+    scale's quantity over the scored values (a kind whose quantity is 0 there is left out)."""
+    out = {"none": (residual, np.ones_like(residual), 0.0)}
+    kinds = [k for k in blend.SCALES[1:] if ("spread" not in k or spread is not None)
+             and ("disagreement" not in k or n_member > 1)]
+    scored = np.isfinite(residual)
+    for kind in kinds:
+        raw = blend.interval_scale(kind, P, spread, 0.0)
+        floor = float(np.median(raw[scored])) if scored.any() else 0.0
+        if floor > 0:
+            out[kind] = (residual / (raw + floor), raw + floor, floor)
+    return out
+
+
 def fit_ensemble(
     ds: xr.Dataset,
     methods: Sequence[str],
@@ -427,16 +443,12 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         oos = _cross_fit(P, y, cls, raw, half, n_class, **fit_kw)
         pooled_oos[:, b] = oos
         residual = np.abs(y - oos)
-        variants = {"none": (residual, np.ones_like(residual), 0.0)}
-        if spread_member is not None:
-            sd = np.nan_to_num(got["spread"][:, b].astype(np.float64), nan=0.0)
-            floor = float(np.median(sd[np.isfinite(residual)])) if np.isfinite(residual).any() else 0.0
-            if floor > 0:
-                variants["spread"] = (residual / (sd + floor), sd + floor, floor)
+        variants = _scale_variants(residual, P, spread, n_member)
         checked = {k: _half_widths_checked(s, sc, cls, half, n_class, min_calibration)
                    for k, (s, sc, _) in variants.items()}
         i90 = blend.LEVELS.index(0.9)
-        choice = min(checked, key=lambda k: (checked[k][1][i90], k != "none"))
+        # the sharpest 90 % intervals on the spatial check; a tie goes to the simpler scale
+        choice = min(checked, key=lambda k: (checked[k][1][i90], blend.SCALES.index(k)))
         score, _, floor = variants[choice]
         scale.append(choice)
         floors[b] = floor
@@ -478,7 +490,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     return Ensemble(
         members=tuple(members), bands=tuple(map(str, bands)), classes=classes, weights=weights, order=order,
         levels=blend.LEVELS, half_widths=widths, calibration_count=counts, scale=tuple(scale), scale_floor=floors,
-        spread_member=spread_member if "spread" in scale or (gates and "spread" in features) else None,
+        spread_member=spread_member if any("spread" in k for k in scale) or (gates and "spread" in features) else None,
         gate=gating.Gate.stack(features, gates) if gates else None,
         report={"scores": scores_rows, "coverage": coverage_rows, "dates": dates},
     )

@@ -27,12 +27,13 @@ members' strengths vary inside a class, and on dates the blend was not fitted on
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from xrecon.ensemble.blend import disagreement
 
 __all__ = ["FEATURES", "FEATURE_RIDGE", "Gate", "features", "fit_gate", "gated_blend", "weights"]
 
@@ -64,9 +65,7 @@ def features(size: np.ndarray, days: np.ndarray, members: np.ndarray, spread: np
     size = np.where(np.isnan(size), np.inf, size)
     days = np.where(np.isnan(days), np.inf, days)
     cols = [np.log1p(np.minimum(size, float(reach))), np.log1p(np.minimum(days, _MAX_DAYS))]
-    with warnings.catch_warnings():  # a value no member gives: NaN, without a warning per block
-        warnings.simplefilter("ignore", RuntimeWarning)
-        cols.append(np.log(np.nanstd(members, axis=0) + _FLOOR))
+    cols.append(np.log(disagreement(members) + _FLOOR))
     if spread is not None:
         cols.append(np.log(np.nan_to_num(np.asarray(spread, np.float64), nan=0.0) + _FLOOR))
     out = np.stack([np.asarray(c, np.float64) for c in cols], axis=-1)

@@ -7,7 +7,8 @@ alone, a patch method on the block and its own halo), measures every query's gap
 blends the members with the class's weights (:func:`xrecon.ensemble.blend.blend`), moved per value by the
 ensemble's gate where it has one (:mod:`xrecon.ensemble.gate`). With ``interval=`` it adds
 ``optical_lower`` and ``optical_upper``: the blend minus and plus the class's calibrated half-width (times
-the spread of a member, where the ensemble was calibrated so). Clear observations passed through (at query
+the scale the band was calibrated with, :func:`xrecon.ensemble.blend.interval_scale`: RESTORE-DiT's
+spread, the members' disagreement at the value, or both). Clear observations passed through (at query
 times that are optical dates) have both bounds equal to the observation.
 
 The graph carries the ensemble file's path and sha256, and each member's own frozen plan (built once here,
@@ -128,7 +129,7 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
                   **kw: Any) -> dict[str, np.ndarray]:
     """The patch kernel: every member once on the window, gap classes, the blend and its bounds (core only)."""
     from xrecon.ensemble import gate
-    from xrecon.ensemble.blend import blend, filled
+    from xrecon.ensemble.blend import blend, filled, interval_scale
     from xrecon.ensemble.features import distance_to_clear, gap_days, sar_in_reach
     from xrecon.ensemble.file import cached_ensemble
 
@@ -187,9 +188,11 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
         lower = np.empty_like(optical)
         upper = np.empty_like(optical)
         for b in range(n_band):
-            w = half[b][cls].reshape(len(query), ny, nx)
-            if ens.scale[b] == "spread" and spread is not None:
-                w = w * (np.nan_to_num(spread[:, b], nan=0.0) + ens.scale_floor[b])
+            w = half[b][cls]
+            if ens.scale[b] != "none":
+                std = None if spread is None else spread[:, b].reshape(-1)
+                w = w * interval_scale(ens.scale[b], preds[:, :, b].reshape(n_member, -1), std, ens.scale_floor[b])
+            w = w.reshape(len(query), ny, nx)
             lower[:, b] = optical[:, b] - w
             upper[:, b] = optical[:, b] + w
         if kw["keep_observed"]:
