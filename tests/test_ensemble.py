@@ -46,6 +46,22 @@ def test_weights_per_class_and_the_shrinkage_toward_the_best_member():
     assert np.abs(fit_weights(two[:20], y[:20], np.array([1.0, 0, 0]), shrinkage=0) - near).max() < 1  # finite
 
 
+def test_a_small_class_shrinks_toward_its_gap_size_bin():
+    # classes 0 and 1 share a size bin where member 0 is good; class 2 (another bin, most of the values) is where
+    # member 1 is: the band prefers member 1. Class 1 has 30 values: it follows its bin (member 0) with groups,
+    # the band (member 1) without
+    rng = np.random.default_rng(1)
+    cls = np.repeat([0, 1, 2], [1500, 30, 6000])
+    y = rng.uniform(0, 0.4, len(cls))
+    noise = np.where(cls < 2, [[0.005], [0.05]], [[0.05], [0.005]])
+    P = y + rng.normal(0, 1, (2, len(cls))) * noise
+    plain, _, band = fit_band(P, y, cls, 3, shrinkage=100, min_class=50)
+    grouped, _, _ = fit_band(P, y, cls, 3, shrinkage=100, min_class=50, groups=np.array([0, 0, 1]))
+    assert band[1] > 0.5 and plain[1, 0] < 0.5 < grouped[1, 0]
+    np.testing.assert_allclose(grouped[2], plain[2], atol=0.02)  # a class with many values: its own blend
+    assert GapClasses(sar=True).size_bins.tolist()[:12] == [0] * 10 + [1] * 2
+
+
 def test_a_members_nan_never_poisons_the_blend():
     P = np.array([[0.2, np.nan, np.nan], [0.3, 0.25, np.nan]])
     out = blend(P, np.zeros(3, int), np.array([[0.5, 0.5]]), np.array([[0, 1]]))

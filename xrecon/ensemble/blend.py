@@ -7,11 +7,12 @@ For one band and one gap class, with the members' predictions ``P`` (n, M) of ``
 
     ||y - P w||^2 + lam ||w - w0||^2   subject to   sum(w) = 1, w >= 0
 
-where ``w0`` is the band's own blend (the same fit over all its classes, whose ``w0`` puts all the weight
-on the band's best single member, lowest RMSE) and ``lam = shrinkage * d2``, ``d2`` being the mean squared
-spread of the members around their mean: a class with ``n`` samples moves from the band's blend towards
-its own least-squares blend about as ``n / (n + shrinkage)``, and a band with few samples stays near its
-best member. Weights summing to one keep the blend in reflectance
+where ``w0`` is the blend of the class's group (with ``groups``, e.g. the classes of one gap-size bin: the
+same fit over the group's classes) or of the band (over all its classes), the group's own ``w0`` being the
+band's and the band's putting all the weight on its best single member (lowest RMSE); ``lam = shrinkage *
+d2``, ``d2`` being the mean squared spread of the members around their mean: a class with ``n`` samples
+moves from its group's blend towards its own least-squares blend about as ``n / (n + shrinkage)``, and a
+band with few samples stays near its best member. Weights summing to one keep the blend in reflectance
 units (a member's constant bias is not "explained" by scaling it); non-negative ones keep it between its
 members, so that two members which agree almost everywhere (``neighbors`` falls back to ``linear`` far from
 clear pixels) are never extrapolated along their small difference.
@@ -145,13 +146,15 @@ def fit_weights(P: np.ndarray, y: np.ndarray, prior: np.ndarray, shrinkage: floa
 
 
 def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shrinkage: float,
-             min_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             min_class: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(M, n) member values, (n,) truth and (n,) classes -> ((K, M) weights, (K, M) member rankings, (M,) the
     band's own weights).
 
-    Two levels: the band's weights over all its classes, shrunk toward its best member; each class's
-    weights, shrunk toward the band's. A class with few observations keeps the band's blend (and a band with
-    few, its best member).
+    Levels: the band's weights over all its classes, shrunk toward its best member; with ``groups`` ((K,),
+    the group of every class, e.g. :attr:`GapClasses.size_bins <xrecon.ensemble.features.GapClasses.size_bins>`)
+    each group's weights over its classes, shrunk toward the band's; each class's weights, shrunk toward its
+    group's (or the band's). A class with few observations keeps its group's blend, a group with few the
+    band's, and a band with few its best member.
     """
     n_member = P.shape[0]
     overall = rank_members(P, y)
@@ -172,13 +175,21 @@ def fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, n_class: int, *, shr
     rows, target = filled_rows(np.arange(len(y)))
     if len(target):
         band = fit_weights(rows, target, band, shrinkage)
-    weights = np.tile(band, (n_class, 1))
+    prior = np.tile(band, (n_class, 1))
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in np.unique(groups):
+            idx = np.flatnonzero(np.isin(cls, np.flatnonzero(groups == g)))
+            rows, target = filled_rows(idx)
+            if len(target):
+                prior[groups == g] = fit_weights(rows, target, band, shrinkage)
+    weights = prior.copy()
     for c in range(n_class):
         idx = np.flatnonzero(cls == c)
         if len(idx):
             rows, target = filled_rows(idx)
             if len(target):
-                weights[c] = fit_weights(rows, target, band, shrinkage)
+                weights[c] = fit_weights(rows, target, prior[c], shrinkage)
     return weights, order, band
 
 

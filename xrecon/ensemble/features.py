@@ -135,6 +135,17 @@ class GapClasses:
         """How many classes."""
         return (len(self.size_edges) + 1) * (len(self.days_edges) + 1) * (2 if self.sar else 1)
 
+    @property
+    def size_bins(self) -> np.ndarray:
+        """(n,) the gap-size bin of every class (the classes of one bin share a distance to clear pixels).
+
+        Examples
+        --------
+        >>> GapClasses(size_edges=(3.0,), days_edges=(8.0,), sar=False).size_bins.tolist()
+        [0, 0, 1, 1]
+        """
+        return np.arange(self.n) // ((len(self.days_edges) + 1) * (2 if self.sar else 1))
+
     def index(self, size: np.ndarray, days: np.ndarray, sar: np.ndarray | None = None) -> np.ndarray:
         """The class of every value (int64, any shape): size bin, then days bin, then SAR in reach.
 

@@ -150,9 +150,11 @@ def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens
 
 
 def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, n_class: int, *,
-              shrinkage: float, min_class: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
+              shrinkage: float, min_class: int, groups: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     """One band's class blend, member ranking and (with features ``raw``) gate."""
-    weights, order, band = blend.fit_band(P, y, cls, n_class, shrinkage=shrinkage, min_class=min_class)
+    weights, order, band = blend.fit_band(P, y, cls, n_class, shrinkage=shrinkage, min_class=min_class,
+                                          groups=groups)
     if raw is None or P.shape[0] < 2:
         return weights, order, None
     values = blend.filled(P, order[cls])
@@ -277,8 +279,9 @@ def fit_ensemble(
         pixel's nearest clear observation, and (with SAR in the cube, unless ``sar_classes=False``) whether
         a SAR observation lies within ``sar_window`` days.
     shrinkage : float
-        Pseudo-observations pulling each class's weights toward the band's blend (which is pulled toward the
-        band's best member the same way): a class with few hidden observations keeps the band's weights.
+        Pseudo-observations pulling each class's weights toward its gap-size bin's blend, that toward the
+        band's, and that toward the band's best member: a class with few hidden observations keeps the weights
+        of the classes at the same distance to clear pixels.
     gate : bool
         Let the weights move with each value inside its class (:mod:`xrecon.ensemble.gate`: gap size, gap days,
         the members' disagreement and RESTORE-DiT's spread, through a softmax started at the class blend);
@@ -412,7 +415,9 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2  # the checkerboard's two halves
     truth = got["truth"].astype(np.float64)  # (n, C)
     preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
-    fit_kw = {"shrinkage": shrinkage, "min_class": min_class}
+    # the classes of one gap-size bin shrink toward their bin's blend: the distance to clear pixels decides
+    # most of what the members are worth (neighbors next to them, the networks far inside a cloud)
+    fit_kw = {"shrinkage": shrinkage, "min_class": min_class, "groups": classes.size_bins}
     gated = gated and n_member > 1
     features = gating.FEATURES[:4 if spread_member is not None else 3]
     gates = []

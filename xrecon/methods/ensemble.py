@@ -188,11 +188,9 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
         lower = np.empty_like(optical)
         upper = np.empty_like(optical)
         for b in range(n_band):
-            w = half[b][cls]
-            if ens.scale[b] != "none":
-                std = None if spread is None else spread[:, b].reshape(-1)
-                w = w * interval_scale(ens.scale[b], preds[:, :, b].reshape(n_member, -1), std, ens.scale_floor[b])
-            w = w.reshape(len(query), ny, nx)
+            std = None if spread is None else spread[:, b].reshape(-1)
+            scale = interval_scale(ens.scale[b], preds[:, :, b].reshape(n_member, -1), std, ens.scale_floor[b])
+            w = (half[b][cls] * scale).reshape(len(query), ny, nx)
             lower[:, b] = optical[:, b] - w
             upper[:, b] = optical[:, b] + w
         if kw["keep_observed"]:
