@@ -5,7 +5,8 @@ are reused, and ``fit_ensemble``'s leak check confirms they never saw the hidden
 ``fit_ensemble`` gathers, three combiners are cross-fitted two ways each and scored against the best single
 member (RMSE, bands pooled):
 
-- ``convex``: xrecon's class blend (weights per gap class, positive, summing to one; the gate left out);
+- ``convex``: the class blend with its band and class levels (weights per gap class, positive, summing to one;
+  without the gap-size level and the gate that ``fit_ensemble`` adds);
 - ``affine``: per band, free weights on the members and an intercept (least squares);
 - ``affine, all bands``: per band, free weights on every member's every band and an intercept.
 

@@ -183,14 +183,15 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
         return out
     core_values = values[:, :, h:h + ny, h:h + nx]
     bounds = kw["bounds"]
+    scales = [interval_scale(ens.scale[b], preds[:, :, b].reshape(n_member, -1),
+                             None if spread is None else spread[:, b].reshape(-1), ens.scale_floor[b])
+              for b in range(n_band)]  # the same for every level
     for i, level in enumerate(kw["interval"]):
         half = ens.half_width(level)  # (C, K)
         lower = np.empty_like(optical)
         upper = np.empty_like(optical)
         for b in range(n_band):
-            std = None if spread is None else spread[:, b].reshape(-1)
-            scale = interval_scale(ens.scale[b], preds[:, :, b].reshape(n_member, -1), std, ens.scale_floor[b])
-            w = (half[b][cls] * scale).reshape(len(query), ny, nx)
+            w = (half[b][cls] * scales[b]).reshape(len(query), ny, nx)
             lower[:, b] = optical[:, b] - w
             upper[:, b] = optical[:, b] + w
         if kw["keep_observed"]:
