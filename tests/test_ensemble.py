@@ -286,6 +286,32 @@ def test_the_registered_halo_is_the_default_classes_reach():
 # ------------------------------------------------------------------------------------------- the gate
 
 
+def test_scores_count_the_hidden_dates_behind_every_row():
+    # a class on many dates and one on two: the table says how many situations each figure rests on; values a
+    # member could not fill are not scored, and their date is not counted
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _fit
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    near = rng.random(n) < 0.8
+    t = np.where(near, rng.integers(0, 20, n), rng.choice([3, 7, 11], n))
+    truth = rng.uniform(0, 0.4, (n, 2))
+    m1 = truth + rng.normal(0, 0.02, (n, 2))
+    m1[t == 11] = np.nan
+    got = {"t": t, "y": rng.integers(0, 40, n), "x": rng.integers(0, 40, n), "size": np.where(near, 1.0, 10.0),
+           "days": np.full(n, 5.0), "truth": truth, "m0": truth + rng.normal(0, 0.03, (n, 2)), "m1": m1}
+    classes = GapClasses(size_edges=(3.0,), days_edges=(1000.0,))
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    s = _fit(got, (Member("linear"), Member("neighbors")), ("b1", "b2"), classes, None, **kw).scores()
+    dates = s.groupby(["band", "gap_class"])["dates"].agg(["min", "max"])
+    assert (dates["min"] == dates["max"]).all()  # one count per row, the same for every method
+    dates = dates["min"]
+    far = classes.label(int(classes.index(np.array([10.0]), np.array([5.0]))[0]))
+    assert dates[("b1", far)] == dates[("all", far)] == 2  # dates 3 and 7; 11 has no value of member 1
+    assert dates[("b2", "all")] == dates[("all", "all")] == np.unique(t[t != 11]).size == 19
+
+
 def test_the_gate_moves_the_weights_inside_a_class():
     # one gap class: the class blend gives every value the same weights, but member 0 is good next to clear
     # pixels and poor far from them (member 1 the same everywhere); the gate sees the distance

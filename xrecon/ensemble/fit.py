@@ -137,15 +137,17 @@ def _rmse(err: np.ndarray) -> float:
     return float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan")
 
 
-def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens: np.ndarray,
+def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens: np.ndarray, t: np.ndarray,
                 names: Sequence[str]) -> list[dict[str, Any]]:
-    """RMSE and MAE of each member and the ensemble on the values where all of them are finite."""
+    """RMSE and MAE of each member and the ensemble on the values where all of them are finite, and the number
+    of distinct hidden dates (``t``, one per value) they lie on."""
     ok = np.isfinite(ens) & np.isfinite(preds).all(axis=0) & np.isfinite(truth)
+    dates = int(np.unique(t[ok]).size)
     rows = []
     for name, p in [*zip(names, preds, strict=True), ("ensemble", ens)]:
         e = (p - truth)[ok]
-        rows.append({"band": band, "gap_class": group, "method": name, "n": int(ok.sum()), "rmse": _rmse(e),
-                     "mae": float(np.mean(np.abs(e))) if e.size else float("nan")})
+        rows.append({"band": band, "gap_class": group, "method": name, "n": int(ok.sum()), "dates": dates,
+                     "rmse": _rmse(e), "mae": float(np.mean(np.abs(e))) if e.size else float("nan")})
     return rows
 
 
@@ -434,7 +436,8 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     # the same cross-fitting with halves of dates instead of space: both spatial halves share every date, so
     # what the blend learns of one date's weather carries over to the other half; the dates check says how
     # much of the gain is left on dates the blend was not fitted on (None: the hidden dates are all of one parity)
-    by_date = got["t"] % 2
+    t = np.asarray(got["t"])
+    by_date = t % 2
     dated = bool(np.bincount(by_date, minlength=2).min() >= 2)
     dates_oos = np.full(truth.shape, np.nan)
     dates_cov = []
@@ -468,17 +471,18 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         for level, c, w in zip(blend.LEVELS, coverage, width, strict=True):
             coverage_rows.append({"band": band, "level": level, "coverage": float(c), "width": float(w),
                                   "scale": choice})
-        scores_rows += _score_rows(band, "all", y, P, oos, names)
+        scores_rows += _score_rows(band, "all", y, P, oos, t, names)
         for c in range(n_class):
             sel = cls == c
             if sel.any():
-                scores_rows += _score_rows(band, classes.label(c), y[sel], P[:, sel], oos[sel], names)
+                scores_rows += _score_rows(band, classes.label(c), y[sel], P[:, sel], oos[sel], t[sel], names)
     if n_band > 1:  # the bands pooled: every (observation, band) one value
         for c in [None, *range(n_class)]:
             sel = np.ones(len(cls), bool) if c is None else cls == c
             if sel.any():
                 scores_rows += _score_rows("all", "all" if c is None else classes.label(c), truth[sel].ravel(),
-                                           preds[:, sel].reshape(n_member, -1), pooled_oos[sel].ravel(), names)
+                                           preds[:, sel].reshape(n_member, -1), pooled_oos[sel].ravel(),
+                                           np.repeat(t[sel], n_band), names)
         allcov = np.concatenate(pooled_cov)
         for i, level in enumerate(blend.LEVELS):
             per_band = [r["width"] for r in coverage_rows if r["level"] == level]
@@ -487,7 +491,8 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     dates = None
     if dated:
         dates = {
-            "scores": _score_rows("all", "all", truth.ravel(), preds.reshape(n_member, -1), dates_oos.ravel(), names),
+            "scores": _score_rows("all", "all", truth.ravel(), preds.reshape(n_member, -1), dates_oos.ravel(),
+                                  np.repeat(t, n_band), names),
             "coverage": [{"band": "all", "level": level, "coverage": float(np.mean([c[0][i] for c in dates_cov])),
                           "width": float(np.mean([c[1][i] for c in dates_cov]))}
                          for i, level in enumerate(blend.LEVELS)],
