@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -310,6 +311,59 @@ def test_scores_count_the_hidden_dates_behind_every_row():
     far = classes.label(int(classes.index(np.array([10.0]), np.array([5.0]))[0]))
     assert dates[("b1", far)] == dates[("all", far)] == 2  # dates 3 and 7; 11 has no value of member 1
     assert dates[("b2", "all")] == dates[("all", "all")] == np.unique(t[t != 11]).size == 19
+
+
+def test_a_blend_that_does_not_carry_over_to_other_dates_says_so():
+    # member 0 is good on the odd hidden dates and poor on the even ones, member 1 the reverse: the blend
+    # learns the spatial halves' dates (both halves share them) and fails on dates it was not fitted on
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _dates_caveat, _fit
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    t = rng.integers(0, 4, n) * 2 + rng.integers(0, 2, n)  # dates 0-7
+    noise = rng.normal(0, 1, (n, 1))
+    truth = rng.uniform(0, 0.4, (n, 1))
+    odd = (t % 2 == 1)[:, None]
+    base = {"y": rng.integers(0, 40, n), "x": rng.integers(0, 40, n), "size": np.full(n, 2.0),
+            "days": np.full(n, 5.0), "truth": truth}
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    members, classes = (Member("linear"), Member("neighbors")), GapClasses(size_edges=(3.0,), days_edges=(1000.0,))
+    # dates 0-3: member 0 good; dates 4-7: member 1 good; odd/even halves of the dates see both regimes
+    # equally, so the dates check finds a blend that carries over and says nothing
+    good0 = (t < 4)[:, None]
+    fair = _fit({**base, "t": t, "m0": truth + np.where(good0, 0.01, 0.05) * noise,
+                 "m1": truth + np.where(good0, 0.05, 0.01) * rng.normal(0, 1, (n, 1))}, members, ("b",), classes,
+                None, gated=False, **kw)
+    assert _dates_caveat(fair) is None
+    # by parity: the odd dates' blend is wrong on the even ones and the other way round
+    parity = _fit({**base, "t": t, "m0": truth + np.where(odd, 0.01, 0.05) * noise,
+                   "m1": truth + np.where(odd, 0.05, 0.01) * rng.normal(0, 1, (n, 1))}, members, ("b",), classes,
+                  None, gated=False, **kw)
+    caveat = _dates_caveat(parity)
+    assert caveat is not None and "hidden observations lie on 8 dates" in caveat, caveat
+    change = float(caveat.split("ensemble is ")[1].split(" %")[0])
+    dates = parity.scores(split="dates").set_index("method")["rmse"]
+    assert change == pytest.approx(100 * (dates["ensemble"] / dates.drop("ensemble").min() - 1), abs=0.05)
+    assert change > 0
+    # all on one date: no dates check at all
+    one = _fit({**base, "t": np.full(n, 3), "m0": truth + 0.01 * noise, "m1": truth + 0.02 * noise}, members,
+               ("b",), classes, None, gated=False, **kw)
+    assert "no dates check was possible (the hidden observations lie on 1 date" in _dates_caveat(one)
+
+
+def test_fit_ensemble_warns_when_its_figures_may_not_hold_on_other_dates(scene, tmp_path, monkeypatch):
+    import xrecon.ensemble.fit as fit_module
+    from xrecon.ensemble import DatesWarning
+
+    monkeypatch.setattr(fit_module, "_dates_caveat", lambda ens: "a caveat")
+    with pytest.warns(DatesWarning, match=r"^e\.xrecon: a caveat$"):
+        path = fit_ensemble(scene, ["linear", "neighbors"], out=tmp_path / "e.xrecon", holdout=0.1, split_block=10)
+    assert path.is_file()  # written first: the warning is about the figures, not a failure
+    monkeypatch.setattr(fit_module, "_dates_caveat", lambda ens: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatesWarning)
+        fit_ensemble(scene, ["linear", "neighbors"], out=tmp_path / "f.xrecon", holdout=0.1, split_block=10)
 
 
 def test_the_gate_moves_the_weights_inside_a_class():
