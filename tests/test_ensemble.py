@@ -60,7 +60,8 @@ def test_a_small_class_shrinks_toward_its_gap_size_bin():
     grouped, _, _ = fit_band(P, y, cls, 3, shrinkage=100, min_class=50, groups=np.array([0, 0, 1]))
     assert band[1] > 0.5 and plain[1, 0] < 0.5 < grouped[1, 0]
     np.testing.assert_allclose(grouped[2], plain[2], atol=0.02)  # a class with many values: its own blend
-    assert GapClasses(sar=True).size_bins.tolist()[:12] == [0] * 10 + [1] * 2
+    assert GapClasses(days_edges=(8.0, 16.0, 32.0, 64.0), sar=True).size_bins.tolist()[:12] == [0] * 10 + [1] * 2
+    assert GapClasses(sar=True).size_bins.tolist()[:12] == [0] * 6 + [1] * 6  # the default: 3 days bins
 
 
 def test_a_members_nan_never_poisons_the_blend():
@@ -93,7 +94,7 @@ def test_gap_features():
     assert near.tolist() == [[True, False], [False, False], [True, True]]
     classes = GapClasses(sar=True)
     c = classes.index(np.array([0.0, 2.0, np.inf]), np.array([1.0, 100.0, np.nan]), np.array([True, False, True]))
-    assert [classes.label(k) for k in c] == ["<1.5 px, <8 d, SAR", "1.5-3 px, >=64 d, no SAR", ">=24 px, >=64 d, SAR"]
+    assert [classes.label(k) for k in c] == ["<1.5 px, <8 d, SAR", "1.5-3 px, >=32 d, no SAR", ">=24 px, >=32 d, SAR"]
     with pytest.raises(XreconError, match="increasing"):
         GapClasses(size_edges=(3, 1))
 
