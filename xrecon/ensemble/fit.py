@@ -41,6 +41,7 @@ from xrecon.rng import hash_uniform
 
 __all__ = ["DatesWarning", "fit_ensemble", "members_folder"]
 
+
 class DatesWarning(UserWarning):
     """An ensemble whose figures may not carry over to dates without hidden observations (most real gaps)."""
 
