@@ -11,7 +11,8 @@ saw any hidden observation:
 - RMSE of every member and of the ensemble (reflectance, bands pooled), and the ensemble's change against the
   best single member;
 - per gap class, the ensemble against that class's best single member (the worst class and every class more
-  than 2 % worse, with its number of hidden observations);
+  than 2 % worse, with its number of hidden observations and of the hidden dates they lie on: the values of
+  one date share its weather, so a class seen on one or two dates is one or two situations);
 - coverage and mean width of the 50 %, 90 % and 95 % intervals;
 - the dates check: the same with halves of the hidden dates instead of space (both spatial halves share every
   date, so a blend can learn one date's weather there), where the hidden observations fall on several dates;
@@ -72,15 +73,22 @@ def fit(name: str, cube, mask, args) -> Path:
     return path
 
 
+def _dates(lo: int, hi: int | None = None) -> str:
+    """'1 date', '3 dates', '1-5 dates'."""
+    span = f"{lo}" if hi is None or hi == lo else f"{lo}-{hi}"
+    return f"{span} date" + ("" if span == "1" else "s")
+
+
 def report(name: str, path: Path) -> dict:
     """Print the ensemble's figures; return the pooled ones (n, RMSE per method, coverage and width per level)."""
     ens = load_ensemble(path)
     for m, t in ens.provenance.get("trained", {}).items():
         print(f"  {m}: best checkpoint at step {t['steps']}, {t['train_seconds']:.0f} s into training on {t['device']}")
-    print(f"  {ens.provenance['hidden']:,} hidden observations, {ens.provenance['used']:,} used")
     scores = ens.scores()
     pooled = "all" if (scores["band"] == "all").any() else scores["band"].iloc[0]
     overall = scores[(scores["band"] == pooled) & (scores["gap_class"] == "all")].set_index("method")
+    print(f"  {ens.provenance['hidden']:,} hidden observations, {ens.provenance['used']:,} used, on "
+          f"{_dates(overall['dates'].iloc[0])}")
     members = [m for m in overall.index if m != "ensemble"]
     best = overall.loc[members, "rmse"].idxmin()
     change = overall.loc["ensemble", "rmse"] / overall.loc[best, "rmse"] - 1
@@ -90,16 +98,20 @@ def report(name: str, path: Path) -> dict:
     rows, per_class = [], {}
     for group, g in scores[(scores["band"] == pooled) & (scores["gap_class"] != "all")].groupby("gap_class"):
         g = g.set_index("method")
-        per_class[group] = {"n": int(g.loc["ensemble", "n"]), "rmse": g["rmse"].to_dict()}
+        per_class[group] = {"n": int(g.loc["ensemble", "n"]), "dates": int(g.loc["ensemble", "dates"]),
+                            "rmse": g["rmse"].to_dict()}
         m = g.loc[members, "rmse"].idxmin()
-        rows.append({"gap_class": group, "n": int(g.loc["ensemble", "n"]), "best member": m,
+        rows.append({"gap_class": group, "n": int(g.loc["ensemble", "n"]), "dates": int(g.loc["ensemble", "dates"]),
+                     "best member": m,
                      "best rmse": g.loc[m, "rmse"], "ensemble rmse": g.loc["ensemble", "rmse"],
                      "change": g.loc["ensemble", "rmse"] / g.loc[m, "rmse"] - 1})
     by_class = pd.DataFrame(rows).sort_values("change", ascending=False)
     worse = by_class[by_class["change"] > 0.02]
     print(f"  worst class: {by_class.iloc[0]['gap_class']} {100 * by_class.iloc[0]['change']:+.1f} % "
           f"(n = {by_class.iloc[0]['n']}); classes more than 2 % worse than their best member: {len(worse)}, "
-          f"holding {int(worse['n'].sum())} of {int(by_class['n'].sum())} values")
+          f"holding {int(worse['n'].sum())} of {int(by_class['n'].sum())} values"
+          + (f", on {_dates(worse['dates'].min(), worse['dates'].max())} each (every class: "
+             f"{_dates(by_class['dates'].min(), by_class['dates'].max())})" if len(worse) else ""))
     with pd.option_context("display.width", 200, "display.precision", 4, "display.max_rows", 100):
         print(by_class.to_string(index=False))
     cov = ens.coverage()
@@ -151,14 +163,14 @@ def pooled(name: str, seeds: list[int], rows: list[dict]) -> None:
     for group in sorted({g for r in rows for g in r["classes"]}):
         parts = [r["classes"][group] for r in rows if group in r["classes"]]
         got = _pooled_rmse(parts)
-        size = sum(p["n"] for p in parts)
+        size, dates = sum(p["n"] for p in parts), sum(p["dates"] for p in parts)
         total += size
         change = got["ensemble"] / min(got[m] for m in members) - 1
         if change > 0.02:
-            worse.append((group, change, size))
+            worse.append((group, change, size, dates))
     print(f"  classes more than 2 % worse than their best member, pooled: {len(worse)}, holding "
           f"{sum(w[2] for w in worse)} of {total} values" + (": " if worse else "")
-          + "; ".join(f"{g} {100 * c:+.1f} % (n = {k})" for g, c, k in worse))
+          + "; ".join(f"{g} {100 * c:+.1f} % (n = {k}, {_dates(d)} over the seeds)" for g, c, k, d in worse))
 
 
 def cost(cube, mask, path: Path, repeat: int) -> None:

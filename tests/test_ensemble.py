@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -59,7 +60,8 @@ def test_a_small_class_shrinks_toward_its_gap_size_bin():
     grouped, _, _ = fit_band(P, y, cls, 3, shrinkage=100, min_class=50, groups=np.array([0, 0, 1]))
     assert band[1] > 0.5 and plain[1, 0] < 0.5 < grouped[1, 0]
     np.testing.assert_allclose(grouped[2], plain[2], atol=0.02)  # a class with many values: its own blend
-    assert GapClasses(sar=True).size_bins.tolist()[:12] == [0] * 10 + [1] * 2
+    assert GapClasses(days_edges=(8.0, 16.0, 32.0, 64.0), sar=True).size_bins.tolist()[:12] == [0] * 10 + [1] * 2
+    assert GapClasses(sar=True).size_bins.tolist()[:12] == [0] * 6 + [1] * 6  # the default: 3 days bins
 
 
 def test_a_members_nan_never_poisons_the_blend():
@@ -92,7 +94,7 @@ def test_gap_features():
     assert near.tolist() == [[True, False], [False, False], [True, True]]
     classes = GapClasses(sar=True)
     c = classes.index(np.array([0.0, 2.0, np.inf]), np.array([1.0, 100.0, np.nan]), np.array([True, False, True]))
-    assert [classes.label(k) for k in c] == ["<1.5 px, <8 d, SAR", "1.5-3 px, >=64 d, no SAR", ">=24 px, >=64 d, SAR"]
+    assert [classes.label(k) for k in c] == ["<1.5 px, <8 d, SAR", "1.5-3 px, >=32 d, no SAR", ">=24 px, >=32 d, SAR"]
     with pytest.raises(XreconError, match="increasing"):
         GapClasses(size_edges=(3, 1))
 
@@ -284,6 +286,85 @@ def test_the_registered_halo_is_the_default_classes_reach():
 
 
 # ------------------------------------------------------------------------------------------- the gate
+
+
+def test_scores_count_the_hidden_dates_behind_every_row():
+    # a class on many dates and one on two: the table says how many situations each figure rests on; values a
+    # member could not fill are not scored, and their date is not counted
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _fit
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    near = rng.random(n) < 0.8
+    t = np.where(near, rng.integers(0, 20, n), rng.choice([3, 7, 11], n))
+    truth = rng.uniform(0, 0.4, (n, 2))
+    m1 = truth + rng.normal(0, 0.02, (n, 2))
+    m1[t == 11] = np.nan
+    got = {"t": t, "y": rng.integers(0, 40, n), "x": rng.integers(0, 40, n), "size": np.where(near, 1.0, 10.0),
+           "days": np.full(n, 5.0), "truth": truth, "m0": truth + rng.normal(0, 0.03, (n, 2)), "m1": m1}
+    classes = GapClasses(size_edges=(3.0,), days_edges=(1000.0,))
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    s = _fit(got, (Member("linear"), Member("neighbors")), ("b1", "b2"), classes, None, **kw).scores()
+    dates = s.groupby(["band", "gap_class"])["dates"].agg(["min", "max"])
+    assert (dates["min"] == dates["max"]).all()  # one count per row, the same for every method
+    dates = dates["min"]
+    far = classes.label(int(classes.index(np.array([10.0]), np.array([5.0]))[0]))
+    assert dates[("b1", far)] == dates[("all", far)] == 2  # dates 3 and 7; 11 has no value of member 1
+    assert dates[("b2", "all")] == dates[("all", "all")] == np.unique(t[t != 11]).size == 19
+
+
+def test_a_blend_that_does_not_carry_over_to_other_dates_says_so():
+    # member 0 is good on the odd hidden dates and poor on the even ones, member 1 the reverse: the blend
+    # learns the spatial halves' dates (both halves share them) and fails on dates it was not fitted on
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _dates_caveat, _fit
+
+    rng = np.random.default_rng(7)
+    n = 6000
+    t = rng.integers(0, 4, n) * 2 + rng.integers(0, 2, n)  # dates 0-7
+    noise = rng.normal(0, 1, (n, 1))
+    truth = rng.uniform(0, 0.4, (n, 1))
+    odd = (t % 2 == 1)[:, None]
+    base = {"y": rng.integers(0, 40, n), "x": rng.integers(0, 40, n), "size": np.full(n, 2.0),
+            "days": np.full(n, 5.0), "truth": truth}
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    members, classes = (Member("linear"), Member("neighbors")), GapClasses(size_edges=(3.0,), days_edges=(1000.0,))
+    # dates 0-3: member 0 good; dates 4-7: member 1 good; odd/even halves of the dates see both regimes
+    # equally, so the dates check finds a blend that carries over and says nothing
+    good0 = (t < 4)[:, None]
+    fair = _fit({**base, "t": t, "m0": truth + np.where(good0, 0.01, 0.05) * noise,
+                 "m1": truth + np.where(good0, 0.05, 0.01) * rng.normal(0, 1, (n, 1))}, members, ("b",), classes,
+                None, gated=False, **kw)
+    assert _dates_caveat(fair) is None
+    # by parity: the odd dates' blend is wrong on the even ones and the other way round
+    parity = _fit({**base, "t": t, "m0": truth + np.where(odd, 0.01, 0.05) * noise,
+                   "m1": truth + np.where(odd, 0.05, 0.01) * rng.normal(0, 1, (n, 1))}, members, ("b",), classes,
+                  None, gated=False, **kw)
+    caveat = _dates_caveat(parity)
+    assert caveat is not None and "hidden observations lie on 8 dates" in caveat, caveat
+    change = float(caveat.split("ensemble is ")[1].split(" %")[0])
+    dates = parity.scores(split="dates").set_index("method")["rmse"]
+    assert change == pytest.approx(100 * (dates["ensemble"] / dates.drop("ensemble").min() - 1), abs=0.05)
+    assert change > 0
+    # all on one date: no dates check at all
+    one = _fit({**base, "t": np.full(n, 3), "m0": truth + 0.01 * noise, "m1": truth + 0.02 * noise}, members,
+               ("b",), classes, None, gated=False, **kw)
+    assert "no dates check was possible (the hidden observations lie on 1 date" in _dates_caveat(one)
+
+
+def test_fit_ensemble_warns_when_its_figures_may_not_hold_on_other_dates(scene, tmp_path, monkeypatch):
+    import xrecon.ensemble.fit as fit_module
+    from xrecon.ensemble import DatesWarning
+
+    monkeypatch.setattr(fit_module, "_dates_caveat", lambda ens: "a caveat")
+    with pytest.warns(DatesWarning, match=r"^e\.xrecon: a caveat$"):
+        path = fit_ensemble(scene, ["linear", "neighbors"], out=tmp_path / "e.xrecon", holdout=0.1, split_block=10)
+    assert path.is_file()  # written first: the warning is about the figures, not a failure
+    monkeypatch.setattr(fit_module, "_dates_caveat", lambda ens: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatesWarning)
+        fit_ensemble(scene, ["linear", "neighbors"], out=tmp_path / "f.xrecon", holdout=0.1, split_block=10)
 
 
 def test_the_gate_moves_the_weights_inside_a_class():

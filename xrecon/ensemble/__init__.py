@@ -7,6 +7,6 @@ reads the file (its ``scores()`` and ``coverage()`` are what was measured when f
 
 from xrecon.ensemble.features import GapClasses
 from xrecon.ensemble.file import Ensemble, Member, load_ensemble
-from xrecon.ensemble.fit import fit_ensemble, members_folder
+from xrecon.ensemble.fit import DatesWarning, fit_ensemble, members_folder
 
-__all__ = ["Ensemble", "GapClasses", "Member", "fit_ensemble", "load_ensemble", "members_folder"]
+__all__ = ["DatesWarning", "Ensemble", "GapClasses", "Member", "fit_ensemble", "load_ensemble", "members_folder"]

@@ -37,8 +37,11 @@ __all__ = [
 #: Gap-size classes, pixels: next to a clear pixel (1 and 1.41), 2, 3-5, 6-11, 12-23, and 24 or more (or no clear
 #: pixel of the date at all: a whole cloudy date, or a query time that is no optical date).
 DEFAULT_SIZE_EDGES = (1.5, 3.0, 6.0, 12.0, 24.0)
-#: Gap-days classes: days to the pixel's nearest clear observation.
-DEFAULT_DAYS_EDGES = (8.0, 16.0, 32.0, 64.0)
+#: Gap-days classes: days to the pixel's nearest clear observation: within about a revisit or two, within a
+#: month, longer. Three, not more: the hidden observations lie on few dates, and a finer split gives classes
+#: seen on one or two of them whose weights do not carry over to other dates (the gate still moves the weights
+#: with the exact days inside a class).
+DEFAULT_DAYS_EDGES = (8.0, 32.0)
 
 
 def distance_to_clear(kept: np.ndarray, where: np.ndarray, *, reach: int) -> np.ndarray:
@@ -109,7 +112,7 @@ class GapClasses:
     --------
     >>> classes = GapClasses()
     >>> classes.n, classes.label(0), classes.label(classes.n - 1)
-    (30, '<1.5 px, <8 d', '>=24 px, >=64 d')
+    (18, '<1.5 px, <8 d', '>=24 px, >=32 d')
     """
 
     size_edges: tuple[float, ...] = DEFAULT_SIZE_EDGES
@@ -162,7 +165,7 @@ class GapClasses:
         return out.astype(np.int64)
 
     def label(self, c: int) -> str:
-        """A class as text, e.g. "1.5-3 px, 8-16 d, SAR"."""
+        """A class as text, e.g. "1.5-3 px, 8-32 d, SAR"."""
         sar = None
         if self.sar:
             c, sar = divmod(int(c), 2)

@@ -152,7 +152,9 @@ class Ensemble:
     def scores(self, split: str = "space") -> Any:
         """The fitting's scores as a DataFrame: RMSE and MAE of every member and of the ensemble, per band
         ("all" pooled) and gap class ("all" for every class), on the hidden observations of each half with
-        the blend fitted on the other half.
+        the blend fitted on the other half. ``dates`` counts the hidden dates a row's values lie on: the values
+        of one date share its weather, so a class seen on one or two dates is measured on one or two
+        situations, however many values it holds.
 
         ``split="dates"``: the same with halves of the hidden dates (odd and even) instead of space, pooled
         only; both spatial halves share every date, so this says how much of the gain carries over to dates
