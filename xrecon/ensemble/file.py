@@ -10,12 +10,15 @@ A small text file that loads without running anything (no pickle)::
      "scale": [band] "none" | "spread" | "disagreement" | "spread+disagreement", "scale_floor": [band],
      "spread_member": int | null,
      "gate": null | {"features": [...], "bias": [band][member], "classes": [band][class][member],
-              "coef": [band][feature][member], "mean": [band][feature], "scale": [band][feature]},
+              "coef": [band][feature][member], "mean": [band][feature], "scale": [band][feature],
+              "active": [band][class]},
      "report": {...}, "provenance": {...}, "observations": {...}}
 
 Version 1 files (before the gate) have no ``gate``: they blend with the class weights alone. Version 3 added
 the scales ``"disagreement"`` and ``"spread+disagreement"`` (:data:`xrecon.ensemble.blend.SCALES`), which an
-xrecon reading version 2 would not apply.
+xrecon reading version 2 would not apply. Version 4 added the gate's ``active`` (the classes it moves the weights
+of; the others keep their class blend), which an xrecon reading version 3 would ignore; files without it gate
+every class.
 
 Member checkpoints are stored relative to the ensemble file when they lie beside it (so the folder can be
 moved), with their sha256: a changed checkpoint is refused at load.
@@ -44,7 +47,7 @@ from xrecon.errors import CheckpointError, OutputExistsError
 __all__ = ["ENSEMBLE_FORMAT", "Ensemble", "Member", "cached_ensemble", "is_ensemble_file", "load_ensemble"]
 
 ENSEMBLE_FORMAT = "xrecon-ensemble"
-ENSEMBLE_FORMAT_VERSION = 3
+ENSEMBLE_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -158,35 +158,60 @@ def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens
 
 
 def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, n_class: int, *,
-              shrinkage: float, min_class: int, groups: np.ndarray | None = None,
+              folds: np.ndarray | None = None, shrinkage: float, min_class: int, groups: np.ndarray | None = None,
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
-    """One band's class blend, member ranking and (with features ``raw``) gate."""
-    weights, order, band = blend.fit_band(P, y, cls, n_class, shrinkage=shrinkage, min_class=min_class,
-                                          groups=groups)
+    """One band's class blend, member ranking and (with features ``raw``) gate.
+
+    With ``folds`` ((n,) 0 or 1, spatially separate), the gate is kept only in the classes where it beats the
+    class blend on cross-fitting over them (each fold's gate and blend fitted on the other fold): a gate fitted
+    mostly on short gaps can extrapolate its features badly into a class of long ones."""
+    kw = {"shrinkage": shrinkage, "min_class": min_class, "groups": groups}
+    weights, order, band = blend.fit_band(P, y, cls, n_class, **kw)
     if raw is None or P.shape[0] < 2:
         return weights, order, None
+    params = _fit_gate(P, y, cls, raw, n_class, weights, order, band, shrinkage)
+    if folds is None or np.bincount(folds, minlength=2).min() == 0:
+        return weights, order, params
+    sse = np.zeros((2, n_class))  # (gate, class blend) squared errors per class, each fold from the other
+    for f in (0, 1):
+        fit, test = folds != f, folds == f
+        w_f, order_f, band_f = blend.fit_band(P[:, fit], y[fit], cls[fit], n_class, **kw)
+        params_f = _fit_gate(P[:, fit], y[fit], cls[fit], raw[fit], n_class, w_f, order_f, band_f, shrinkage)
+        values = blend.filled(P[:, test], order_f[cls[test]])
+        for i, pred in enumerate((gating.gated_blend(params_f, values, cls[test], raw[test], w_f),
+                                  np.einsum("mn,nm->n", values, w_f[cls[test]]))):
+            err = (pred - y[test]) ** 2
+            ok = np.isfinite(err)
+            sse[i] += np.bincount(cls[test][ok], weights=err[ok], minlength=n_class)[:n_class]
+    params["active"] = sse[0] <= sse[1]  # a class without values keeps the gate
+    return weights, order, params
+
+
+def _fit_gate(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray, n_class: int, weights: np.ndarray,
+              order: np.ndarray, band: np.ndarray, shrinkage: float) -> dict[str, np.ndarray]:
     values = blend.filled(P, order[cls])
     ok = np.isfinite(values).all(axis=0) & np.isfinite(y)
-    params = gating.fit_gate(values[:, ok], y[ok], cls[ok], n_class, raw[ok], band, weights, shrinkage=shrinkage)
-    return weights, order, params
+    return gating.fit_gate(values[:, ok], y[ok], cls[ok], n_class, raw[ok], band, weights, shrinkage=shrinkage)
 
 
 def _predict(P: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, weights: np.ndarray, order: np.ndarray,
              params: dict[str, np.ndarray] | None) -> np.ndarray:
     if params is None:
         return blend.blend(P, cls, weights, order)
-    return gating.gated_blend(params, blend.filled(P, order[cls]), cls, raw)
+    return gating.gated_blend(params, blend.filled(P, order[cls]), cls, raw, weights)
 
 
 def _cross_fit(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, half: np.ndarray,
-               n_class: int, **kw: Any) -> np.ndarray:
-    """Each half's blend with the weights (and gate) fitted on the other half."""
+               n_class: int, folds: np.ndarray | None = None, **kw: Any) -> np.ndarray:
+    """Each half's blend with the weights (and gate) fitted on the other half (``folds``: the gate's inner
+    folds, as :func:`_fit_band`'s, for every value)."""
     out = np.full(y.shape, np.nan)
     for h in (0, 1):
         fit, other = half != h, half == h
         if not fit.any() or not other.any():
             continue
-        w, order, params = _fit_band(P[:, fit], y[fit], cls[fit], None if raw is None else raw[fit], n_class, **kw)
+        w, order, params = _fit_band(P[:, fit], y[fit], cls[fit], None if raw is None else raw[fit], n_class,
+                                     folds=None if folds is None else folds[fit], **kw)
         out[other] = _predict(P[:, other], cls[other], None if raw is None else raw[other], w, order, params)
     return out
 
@@ -292,7 +317,8 @@ def fit_ensemble(
         of the classes at the same distance to clear pixels.
     gate : bool
         Let the weights move with each value inside its class (:mod:`xrecon.ensemble.gate`: gap size, gap days,
-        the members' disagreement and RESTORE-DiT's spread, through a softmax started at the class blend);
+        the members' disagreement and RESTORE-DiT's spread, through a softmax started at the class blend), in
+        the classes where cross-fitting over two sets of spatial blocks finds that better than the class blend;
         False: every value of a class gets the class's weights.
     min_class, min_calibration : int
         Classes with fewer hidden observations rank their members and calibrate their intervals with the
@@ -461,6 +487,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     names = [m.method for m in members]
     cls = classes.index(got["size"], got["days"], got.get("sar"))
     half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2  # the checkerboard's two halves
+    rows = (got["y"] // split_block) % 2  # inside one half, its blocks of even and of odd rows
     truth = got["truth"].astype(np.float64)  # (n, C)
     preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
     # the classes of one gap-size bin shrink toward their bin's blend: the distance to clear pixels decides
@@ -491,10 +518,10 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         y, P = truth[:, b], preds[:, :, b]
         spread = None if spread_member is None else got["spread"][:, b]
         raw = gating.features(got["size"], got["days"], P, spread, reach=classes.reach) if gated else None
-        weights[b], order[b], params = _fit_band(P, y, cls, raw, n_class, **fit_kw)
+        weights[b], order[b], params = _fit_band(P, y, cls, raw, n_class, folds=half, **fit_kw)
         if params is not None:
             gates.append(params)
-        oos = _cross_fit(P, y, cls, raw, half, n_class, **fit_kw)
+        oos = _cross_fit(P, y, cls, raw, half, n_class, rows, **fit_kw)
         pooled_oos[:, b] = oos
         residual = np.abs(y - oos)
         variants = _scale_variants(residual, P, spread, n_member)
@@ -510,7 +537,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         coverage, width, covered, _ = checked[choice]
         pooled_cov.append(covered[np.isfinite(score)])
         if dated:
-            dates_oos[:, b] = _cross_fit(P, y, cls, raw, by_date, n_class, **fit_kw)
+            dates_oos[:, b] = _cross_fit(P, y, cls, raw, by_date, n_class, half, **fit_kw)
             s_dates = np.abs(y - dates_oos[:, b]) / variants[choice][1]
             dates_cov.append(_half_widths_checked(s_dates, variants[choice][1], cls, by_date, n_class,
                                                   min_calibration)[:2])

@@ -21,6 +21,11 @@ as in :func:`xrecon.ensemble.blend.fit_weights`), ``bias0`` the logarithm of the
 band's toward its best member): the gate starts from the class blend, a class moves from it only as far as
 its own observations carry it, and a feature's coefficients cost like ``FEATURE_RIDGE`` observations each.
 
+The features' coefficients are shared by every class, and most hidden observations have short gaps: a slope
+fitted there can carry a class of long gaps the wrong way. So the gate is kept per class only where it beats
+the class blend on cross-fitting (``active``; :func:`xrecon.ensemble.fit._fit_band`); elsewhere a value gets its
+class blend.
+
 Measured on the real cubes (docs/training-results.md) the gate lowers the ensemble's RMSE further where the
 members' strengths vary inside a class, and on dates the blend was not fitted on.
 """
@@ -86,6 +91,9 @@ class Gate:
     coef : ndarray (band, feature, member)
     mean, scale : ndarray (band, feature)
         Standardisation of the raw features (:func:`features`), from the observations the gate was fitted on.
+    active : ndarray (band, class) of bool, optional
+        The classes whose weights the gate moves; the others keep their class blend (cross-fitting showed the
+        gate no better there). None: every class.
     """
 
     features: tuple[str, ...]
@@ -94,27 +102,37 @@ class Gate:
     coef: np.ndarray
     mean: np.ndarray
     scale: np.ndarray
+    active: np.ndarray | None = None
 
     @property
     def uses_spread(self) -> bool:
         return "spread" in self.features
 
     def band(self, b: int) -> dict[str, np.ndarray]:
-        """Band ``b``'s parameters, as :func:`fit_gate` returns them."""
-        return {k: getattr(self, k)[b] for k in _PARAMS}
+        """Band ``b``'s parameters, as :func:`fit_gate` returns them (with ``active`` where the gate has it)."""
+        out = {k: getattr(self, k)[b] for k in _PARAMS}
+        if self.active is not None:
+            out["active"] = self.active[b]
+        return out
 
     def to_plain(self) -> dict[str, Any]:
-        return {"features": list(self.features), **{k: getattr(self, k).tolist() for k in _PARAMS}}
+        out = {"features": list(self.features), **{k: getattr(self, k).tolist() for k in _PARAMS}}
+        if self.active is not None:
+            out["active"] = self.active.tolist()
+        return out
 
     @classmethod
     def from_plain(cls, d: Mapping[str, Any], n_band: int, n_class: int, n_member: int) -> Gate:
         names = tuple(d["features"])
         if names != FEATURES[:len(names)] or len(names) < 3:
             raise ValueError(f"gate features {list(names)}: expected a prefix of {list(FEATURES)}")
-        gate = cls(names, *(np.asarray(d[k], np.float64) for k in _PARAMS))
+        active = None if d.get("active") is None else np.asarray(d["active"], bool)
+        gate = cls(names, *(np.asarray(d[k], np.float64) for k in _PARAMS), active=active)
         n_f = len(names)
         want = {"bias": (n_band, n_member), "classes": (n_band, n_class, n_member), "coef": (n_band, n_f, n_member),
                 "mean": (n_band, n_f), "scale": (n_band, n_f)}
+        if active is not None:
+            want["active"] = (n_band, n_class)
         for k, shape in want.items():
             if getattr(gate, k).shape != shape:
                 raise ValueError(f"gate {k} has shape {getattr(gate, k).shape}, expected {shape}")
@@ -122,8 +140,9 @@ class Gate:
 
     @classmethod
     def stack(cls, names: Sequence[str], bands: Sequence[Mapping[str, np.ndarray]]) -> Gate:
-        """One gate from the per-band parameters that :func:`fit_gate` returns."""
-        return cls(tuple(names), *(np.stack([b[k] for b in bands]) for k in _PARAMS))
+        """One gate from the per-band parameters that :func:`fit_gate` returns (and ``active``, where they have it)."""
+        active = np.stack([b["active"] for b in bands]).astype(bool) if all("active" in b for b in bands) else None
+        return cls(tuple(names), *(np.stack([b[k] for b in bands]) for k in _PARAMS), active=active)
 
 
 def weights(params: Mapping[str, np.ndarray], cls: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -141,13 +160,21 @@ def _softmax(bias: np.ndarray, classes: np.ndarray, coef: np.ndarray, cls: np.nd
     return w / w.sum(axis=1, keepdims=True)
 
 
-def gated_blend(params: Mapping[str, np.ndarray], filled: np.ndarray, cls: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """One band's gate and (M, n) member values (each member's NaN already replaced:
-    :func:`xrecon.ensemble.blend.filled`) -> (n,) the gated blend, a slice of values at a time."""
+def gated_blend(params: Mapping[str, np.ndarray], filled: np.ndarray, cls: np.ndarray, raw: np.ndarray,
+                class_weights: np.ndarray) -> np.ndarray:
+    """One band's gate, (M, n) member values (each member's NaN already replaced:
+    :func:`xrecon.ensemble.blend.filled`), (n,) classes, (n, F) raw features and (K, M) the class blend -> (n,)
+    the gated blend, a slice of values at a time; values of a class the gate leaves alone (``active`` False)
+    get their class blend."""
     out = np.empty(filled.shape[1], np.float64)
+    active = params.get("active")
     for s in range(0, filled.shape[1], _SLICE):
         part = slice(s, s + _SLICE)
-        out[part] = np.einsum("mn,nm->n", filled[:, part], weights(params, cls[part], raw[part]))
+        w = weights(params, cls[part], raw[part])
+        if active is not None:
+            off = ~active[cls[part]]
+            w[off] = class_weights[cls[part][off]]
+        out[part] = np.einsum("mn,nm->n", filled[:, part], w)
     return out
 
 

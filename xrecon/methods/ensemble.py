@@ -176,7 +176,7 @@ def fill_ensemble(values: np.ndarray, valid: np.ndarray, t: np.ndarray, tq: np.n
         else:
             std = spread[:, b].reshape(-1) if ens.gate.uses_spread else None
             raw = gate.features(size.reshape(-1), days.reshape(-1), P, std, reach=ens.classes.reach)
-            blended = gate.gated_blend(ens.gate.band(b), filled(P, ens.order[b][cls]), cls, raw)
+            blended = gate.gated_blend(ens.gate.band(b), filled(P, ens.order[b][cls]), cls, raw, ens.weights[b])
         optical[:, b] = blended.reshape(len(query), ny, nx)
     out = {"optical": optical}
     if not kw["interval"]:
