@@ -177,9 +177,8 @@ def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | N
         fit, test = folds != f, folds == f
         w_f, order_f, band_f = blend.fit_band(P[:, fit], y[fit], cls[fit], n_class, **kw)
         params_f = _fit_gate(P[:, fit], y[fit], cls[fit], raw[fit], n_class, w_f, order_f, band_f, shrinkage)
-        values = blend.filled(P[:, test], order_f[cls[test]])
-        for i, pred in enumerate((gating.gated_blend(params_f, values, cls[test], raw[test], w_f),
-                                  np.einsum("mn,nm->n", values, w_f[cls[test]]))):
+        for i, pred in enumerate((_predict(P[:, test], cls[test], raw[test], w_f, order_f, params_f),
+                                  blend.blend(P[:, test], cls[test], w_f, order_f))):
             err = (pred - y[test]) ** 2
             ok = np.isfinite(err)
             sse[i] += np.bincount(cls[test][ok], weights=err[ok], minlength=n_class)[:n_class]
