@@ -158,31 +158,30 @@ def _score_rows(band: str, group: str, truth: np.ndarray, preds: np.ndarray, ens
 
 
 def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, n_class: int, *,
-              folds: np.ndarray | None = None, shrinkage: float, min_class: int, groups: np.ndarray | None = None,
+              folds: np.ndarray | None = None, candidates: Sequence[np.ndarray] | None = None, shrinkage: float,
+              min_class: int, groups: np.ndarray | None = None,
               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
     """One band's class blend, member ranking and (with features ``raw``) gate.
 
     With ``folds`` ((n,) 0 or 1, spatially separate), the gate is kept only in the classes where it beats the
     class blend on cross-fitting over them (each fold's gate and blend fitted on the other fold): a gate fitted
-    mostly on short gaps can extrapolate its features badly into a class of long ones."""
+    mostly on short gaps can extrapolate its features badly into a class of long ones. ``candidates``: those
+    two cross-fitted predictions (gate everywhere, class blend; :func:`_cross_fit`) where they are already
+    made, instead of ``folds``."""
     kw = {"shrinkage": shrinkage, "min_class": min_class, "groups": groups}
     weights, order, band = blend.fit_band(P, y, cls, n_class, **kw)
     if raw is None or P.shape[0] < 2:
         return weights, order, None
     params = _fit_gate(P, y, cls, raw, n_class, weights, order, band, shrinkage)
-    if folds is None or np.bincount(folds, minlength=2).min() == 0:
-        return weights, order, params
-    sse = np.zeros((2, n_class))  # (gate, class blend) squared errors per class, each fold from the other
-    for f in (0, 1):
-        fit, test = folds != f, folds == f
-        w_f, order_f, band_f = blend.fit_band(P[:, fit], y[fit], cls[fit], n_class, **kw)
-        params_f = _fit_gate(P[:, fit], y[fit], cls[fit], raw[fit], n_class, w_f, order_f, band_f, shrinkage)
-        for i, pred in enumerate((_predict(P[:, test], cls[test], raw[test], w_f, order_f, params_f),
-                                  blend.blend(P[:, test], cls[test], w_f, order_f))):
-            err = (pred - y[test]) ** 2
+    if candidates is None and folds is not None and np.bincount(folds, minlength=2).min() > 0:
+        candidates = _cross_fit(P, y, cls, raw, folds, n_class, **kw)[1:]
+    if candidates is not None:
+        sse = []  # per class, each fold's squared errors with the fit on the other fold
+        for pred in candidates:
+            err = (pred - y) ** 2
             ok = np.isfinite(err)
-            sse[i] += np.bincount(cls[test][ok], weights=err[ok], minlength=n_class)[:n_class]
-    params["active"] = sse[0] <= sse[1]  # a class without values keeps the gate
+            sse.append(np.bincount(cls[ok], weights=err[ok], minlength=n_class)[:n_class])
+        params["active"] = sse[0] <= sse[1]  # a class without values keeps the gate
     return weights, order, params
 
 
@@ -201,18 +200,25 @@ def _predict(P: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, weights: np
 
 
 def _cross_fit(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | None, half: np.ndarray,
-               n_class: int, folds: np.ndarray | None = None, **kw: Any) -> np.ndarray:
+               n_class: int, folds: np.ndarray | None = None, **kw: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each half's blend with the weights (and gate) fitted on the other half (``folds``: the gate's inner
-    folds, as :func:`_fit_band`'s, for every value)."""
-    out = np.full(y.shape, np.nan)
+    folds, as :func:`_fit_band`'s, for every value): (the ensemble as fitted, with the gate in every class,
+    with the class blend alone). The last two are what the gate's switch compares: the switch changes
+    neither the weights nor the gate, so a fit on all values over the same halves can reuse them."""
+    out = np.full((3, *y.shape), np.nan)
     for h in (0, 1):
         fit, other = half != h, half == h
         if not fit.any() or not other.any():
             continue
         w, order, params = _fit_band(P[:, fit], y[fit], cls[fit], None if raw is None else raw[fit], n_class,
                                      folds=None if folds is None else folds[fit], **kw)
-        out[other] = _predict(P[:, other], cls[other], None if raw is None else raw[other], w, order, params)
-    return out
+        Po, co, ro = P[:, other], cls[other], None if raw is None else raw[other]
+        out[2, other] = blend.blend(Po, co, w, order)
+        out[1, other] = out[2, other] if params is None else _predict(
+            Po, co, ro, w, order, {k: v for k, v in params.items() if k != "active"})
+        out[0, other] = out[1, other] if params is None or "active" not in params else _predict(
+            Po, co, ro, w, order, params)
+    return out[0], out[1], out[2]
 
 
 def _half_widths_checked(scores: np.ndarray, scale: np.ndarray, cls: np.ndarray, half: np.ndarray, n_class: int,
@@ -487,6 +493,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     cls = classes.index(got["size"], got["days"], got.get("sar"))
     half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2  # the checkerboard's two halves
     rows = (got["y"] // split_block) % 2  # inside one half, its blocks of even and of odd rows
+    two_halves = bool(np.bincount(half, minlength=2).min() > 0)
     truth = got["truth"].astype(np.float64)  # (n, C)
     preds = np.stack([got[f"m{i}"] for i in range(n_member)]).astype(np.float64)  # (M, n, C)
     # the classes of one gap-size bin shrink toward their bin's blend: the distance to clear pixels decides
@@ -517,10 +524,12 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         y, P = truth[:, b], preds[:, :, b]
         spread = None if spread_member is None else got["spread"][:, b]
         raw = gating.features(got["size"], got["days"], P, spread, reach=classes.reach) if gated else None
-        weights[b], order[b], params = _fit_band(P, y, cls, raw, n_class, folds=half, **fit_kw)
+        # the spatial check first: its halves' fits are the ones the gate's switch compares on all values
+        oos, *candidates = _cross_fit(P, y, cls, raw, half, n_class, rows, **fit_kw)
+        weights[b], order[b], params = _fit_band(P, y, cls, raw, n_class, candidates=candidates if two_halves
+                                                 else None, **fit_kw)
         if params is not None:
             gates.append(params)
-        oos = _cross_fit(P, y, cls, raw, half, n_class, rows, **fit_kw)
         pooled_oos[:, b] = oos
         residual = np.abs(y - oos)
         variants = _scale_variants(residual, P, spread, n_member)
@@ -536,7 +545,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
         coverage, width, covered, _ = checked[choice]
         pooled_cov.append(covered[np.isfinite(score)])
         if dated:
-            dates_oos[:, b] = _cross_fit(P, y, cls, raw, by_date, n_class, half, **fit_kw)
+            dates_oos[:, b] = _cross_fit(P, y, cls, raw, by_date, n_class, half, **fit_kw)[0]
             s_dates = np.abs(y - dates_oos[:, b]) / variants[choice][1]
             dates_cov.append(_half_widths_checked(s_dates, variants[choice][1], cls, by_date, n_class,
                                                   min_calibration)[:2])
