@@ -84,6 +84,30 @@ def test_conformal_half_widths_cover_what_they_claim_on_exchangeable_data():
     assert conformal_quantile(np.ones(5), 0.99) == np.inf  # too few for that level
 
 
+def test_a_class_on_few_dates_takes_the_pooled_half_widths_and_covers_other_dates():
+    # every date has its own weather (an error scale); class 1 is calibrated on two dates, class 0 on twenty,
+    # both with the same error process, and both are checked on twenty other dates. Half-widths of two dates
+    # cover other dates by luck (measured: 0.86 on average, 0.12 apart); with min_dates the class takes the
+    # pooled ones and covers what it claims (0.90, 0.05 apart)
+    rng = np.random.default_rng(3)
+
+    def coverage(min_dates: int) -> np.ndarray:
+        out = []
+        for _ in range(150):
+            scale = np.exp(rng.normal(0, 0.6, 42))
+            dates = np.r_[np.repeat(np.arange(20), 100), np.repeat([20, 21], 100)]
+            cls = np.r_[np.zeros(2000, np.int64), np.ones(200, np.int64)]
+            scores = scale[dates] * np.abs(rng.normal(size=dates.size))
+            q, _ = interval_quantiles(scores, cls, 2, (0.9,), min_calibration=50, dates=dates, min_dates=min_dates)
+            new = scale[22:, None] * np.abs(rng.normal(size=(20, 100)))  # class 1 on the other dates
+            out.append(np.mean(new <= q[1, 0]))
+        return np.array(out)
+
+    own, pooled = coverage(1), coverage(5)
+    assert own.mean() < 0.87 and own.std() > 0.08
+    assert abs(pooled.mean() - 0.9) < 0.02 and pooled.std() < 0.6 * own.std()
+
+
 def test_gap_features():
     kept = np.zeros((2, 1, 30), bool)
     kept[0, 0, 0] = True
@@ -221,6 +245,8 @@ def test_errors(scene, fitted, tmp_path):
         fit_ensemble(scene, ["linear"], out=fitted)
     with pytest.raises(MethodError, match="cannot be a member"):
         fit_ensemble(scene, ["linear", "ensemble"], out=tmp_path / "x.xrecon")
+    with pytest.raises(XreconError, match="min_calibration_dates=0: expected a positive integer"):
+        fit_ensemble(scene, ["linear"], out=tmp_path / "x.xrecon", min_calibration_dates=0)
     with pytest.raises(MethodError, match="need a checkpoint.*train="):
         fit_ensemble(scene, ["linear", "anytimeformer"], out=tmp_path / "x.xrecon")
     with pytest.raises(MethodError, match="fitted on bands"):
@@ -513,7 +539,8 @@ def test_intervals_scale_with_the_members_disagreement_where_it_tracks_the_error
     residual = np.abs(truth[:, 0] - P.mean(axis=0))
     scores, scale, _ = _scale_variants(residual, P, None, 3)["none"]
     half = ((got["y"] // 10) + (got["x"] // 10)) % 2
-    plain = _half_widths_checked(scores, scale, np.zeros(n, np.int64), half, 1, 50)[1][LEVELS.index(0.9)]
+    plain = _half_widths_checked(scores, scale, np.zeros(n, np.int64), half, 1, got["t"], min_calibration=50,
+                                 min_dates=1)[1][LEVELS.index(0.9)]
     assert cov.loc[0.9, "width"] < 0.9 * plain  # measured: 0.037 vs 0.044
 
 

@@ -29,9 +29,9 @@ Split-conformal: the score of a hidden observation is its absolute residual divi
 (:func:`interval_scale`: 1, a member's spread, the members' disagreement or both, plus a floor); the
 half-width at level ``a`` for a class is the ``ceil((n + 1) a)``-th smallest of the class's ``n`` scores
 (``inf`` when there are too few; the band's pooled scores where the class has fewer than
-``min_calibration``), times the value's scale. With scores from observations the blend was not fitted on,
-``prediction +- half-width`` covers a new observation of the same kind with probability at least ``a``
-(exchangeability; docs/ensemble.md says when that does not hold).
+``min_calibration`` values or lies on fewer than ``min_dates`` hidden dates), times the value's scale. With
+scores from observations the blend was not fitted on, ``prediction +- half-width`` covers a new observation of
+the same kind with probability at least ``a`` (exchangeability; docs/ensemble.md says when that does not hold).
 """
 
 from __future__ import annotations
@@ -249,15 +249,33 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 
 def interval_quantiles(scores: np.ndarray, cls: np.ndarray, n_class: int, levels: tuple[float, ...] = LEVELS, *,
-                       min_calibration: int) -> tuple[np.ndarray, np.ndarray]:
+                       min_calibration: int, dates: np.ndarray | None = None, min_dates: int = 1,
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(n,) scores and (n,) classes -> ((K, L) half-widths in score units, (K,) calibration counts): per class,
-    or the pooled scores' where a class has fewer than ``min_calibration``."""
+    or the pooled scores' where a class has fewer than ``min_calibration`` values, or (with ``dates``, (n,) the
+    date of every score) where they lie on fewer than ``min_dates`` distinct dates: the values of one date share
+    its weather, so a class seen on two dates has seen two situations, however many values it has.
+
+    Examples
+    --------
+    >>> scores = np.r_[np.full(60, 0.5), np.linspace(0, 10, 60)]
+    >>> cls, dates = np.repeat([0, 1], 60), np.r_[np.zeros(60), np.arange(60)]
+    >>> interval_quantiles(scores, cls, 2, (0.9,), min_calibration=50)[0].round(2).tolist()
+    [[0.5], [9.15]]
+    >>> q, _ = interval_quantiles(scores, cls, 2, (0.9,), min_calibration=50, dates=dates, min_dates=5)
+    >>> q.round(2).tolist()   # class 0 lies on one date: it takes the pooled quantile
+    [[8.14], [9.15]]
+    """
     ok = np.isfinite(scores)
     scores, cls = scores[ok], cls[ok]
     pooled = np.array([conformal_quantile(scores, a) for a in levels])
     q = np.tile(pooled, (n_class, 1))
     counts = np.bincount(cls, minlength=n_class)[:n_class]
-    for c in np.flatnonzero(counts >= min_calibration):
+    enough = counts >= min_calibration
+    if dates is not None and min_dates > 1:
+        pairs = np.unique(np.stack([cls, np.asarray(dates)[ok]]), axis=1)
+        enough &= np.bincount(pairs[0].astype(np.int64), minlength=n_class)[:n_class] >= min_dates
+    for c in np.flatnonzero(enough):
         part = scores[cls == c]
         q[c] = [conformal_quantile(part, a) for a in levels]
     return q, counts
