@@ -245,8 +245,8 @@ def test_errors(scene, fitted, tmp_path):
         fit_ensemble(scene, ["linear"], out=fitted)
     with pytest.raises(MethodError, match="cannot be a member"):
         fit_ensemble(scene, ["linear", "ensemble"], out=tmp_path / "x.xrecon")
-    with pytest.raises(XreconError, match="min_calibration_dates=0: expected a positive integer"):
-        fit_ensemble(scene, ["linear"], out=tmp_path / "x.xrecon", min_calibration_dates=0)
+    with pytest.raises(XreconError, match="min_dates=0: expected a positive integer"):
+        fit_ensemble(scene, ["linear"], out=tmp_path / "x.xrecon", min_dates=0)
     with pytest.raises(MethodError, match="need a checkpoint.*train="):
         fit_ensemble(scene, ["linear", "anytimeformer"], out=tmp_path / "x.xrecon")
     with pytest.raises(MethodError, match="fitted on bands"):
@@ -476,6 +476,39 @@ def test_the_gate_stays_out_of_a_class_where_cross_fitting_finds_it_worse(tmp_pa
     got_blend = gated_blend(back.gate.band(0), filled(P, back.order[0][cls]), cls,
                             np.array([[1.0, 4.0, -3.0], [1.0, 5.0, -2.0]]), back.weights[0])
     np.testing.assert_allclose(got_blend, np.einsum("mn,nm->n", P, back.weights[0][cls]))
+
+
+def test_the_gate_stays_out_of_a_class_seen_on_too_few_dates():
+    # the gate helps in both classes (member 0 good next to clear pixels, poor far from them), but the long
+    # gaps lie on two dates: cross-fitting keeps the gate there, min_dates gives that class its class blend
+    from xrecon.ensemble.file import Member
+    from xrecon.ensemble.fit import _fit
+
+    rng = np.random.default_rng(4)
+    n = 9000
+    size = rng.uniform(1, 20, n)
+    days = np.where(np.arange(n) < 7000, 5.0, 50.0)
+    t = np.where(days < 32, rng.integers(0, 12, n), rng.choice([20, 21], n))
+    truth = rng.uniform(0, 0.4, (n, 1))
+    got = {"t": t, "y": rng.integers(0, 40, n), "x": rng.integers(0, 40, n), "size": size, "days": days,
+           "truth": truth, "m0": truth + rng.normal(0, 1, (n, 1)) * (0.002 * size)[:, None],
+           "m1": truth + rng.normal(0, 0.02, (n, 1))}
+    classes = GapClasses(size_edges=(100.0,), days_edges=(32.0,))
+    kw = {"shrinkage": 100.0, "min_class": 50, "min_calibration": 50, "split_block": 10}
+    members = (Member("neighbors"), Member("linear"))
+    short, far = classes.label(0), classes.label(1)
+
+    def fitted(**k):
+        ens = _fit(got, members, ("b",), classes, None, **kw, **k)
+        return ens, ens.scores().set_index(["gap_class", "method"]).loc[(slice(None), "ensemble"), ["rmse", "dates"]]
+
+    anywhere, _ = fitted(min_dates=1)
+    assert anywhere.gate.active[0, :2].tolist() == [True, True]
+    ens, scores = fitted(min_dates=5)
+    assert ens.gate.active[0, :2].tolist() == [True, False] and scores.loc[(far, "ensemble"), "dates"] == 2
+    _, plain = fitted(min_dates=5, gated=False)
+    assert scores.loc[(far, "ensemble"), "rmse"] == pytest.approx(plain.loc[(far, "ensemble"), "rmse"], rel=1e-9)
+    assert scores.loc[(short, "ensemble"), "rmse"] < 0.95 * plain.loc[(short, "ensemble"), "rmse"]
 
 
 def test_fill_applies_the_gate_as_fitted(scene, tmp_path):

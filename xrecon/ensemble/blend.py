@@ -44,6 +44,7 @@ __all__ = [
     "best_available",
     "blend",
     "conformal_quantile",
+    "dates_per_class",
     "disagreement",
     "filled",
     "fit_band",
@@ -233,6 +234,18 @@ def interval_scale(kind: str, P: np.ndarray, spread: np.ndarray | None, floor: f
     return np.sqrt(squares) + float(floor)
 
 
+def dates_per_class(cls: np.ndarray, dates: np.ndarray, n_class: int) -> np.ndarray:
+    """(n,) classes and (n,) dates -> (K,) the number of distinct dates each class's values lie on.
+
+    Examples
+    --------
+    >>> dates_per_class(np.array([0, 0, 0, 2]), np.array([5, 5, 7, 1]), 3).tolist()
+    [2, 0, 1]
+    """
+    pairs = np.unique(np.stack([np.asarray(cls, np.int64), np.asarray(dates, np.int64)]), axis=1)
+    return np.bincount(pairs[0], minlength=n_class)[:n_class]
+
+
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
     """The split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score, ``inf`` beyond ``n``.
 
@@ -273,8 +286,7 @@ def interval_quantiles(scores: np.ndarray, cls: np.ndarray, n_class: int, levels
     counts = np.bincount(cls, minlength=n_class)[:n_class]
     enough = counts >= min_calibration
     if dates is not None and min_dates > 1:
-        pairs = np.unique(np.stack([cls, np.asarray(dates)[ok]]), axis=1)
-        enough &= np.bincount(pairs[0].astype(np.int64), minlength=n_class)[:n_class] >= min_dates
+        enough &= dates_per_class(cls, np.asarray(dates)[ok], n_class) >= min_dates
     for c in np.flatnonzero(enough):
         part = scores[cls == c]
         q[c] = [conformal_quantile(part, a) for a in levels]

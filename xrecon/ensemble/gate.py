@@ -23,8 +23,8 @@ its own observations carry it, and a feature's coefficients cost like ``FEATURE_
 
 The features' coefficients are shared by every class, and most hidden observations have short gaps: a slope
 fitted there can carry a class of long gaps the wrong way. So the gate is kept per class only where it beats
-the class blend on cross-fitting (``active``; :func:`xrecon.ensemble.fit._fit_band`); elsewhere a value gets its
-class blend.
+the class blend on cross-fitting and the class's hidden observations lie on enough dates (``active``;
+:func:`xrecon.ensemble.fit._fit_band`); elsewhere a value gets its class blend.
 
 Measured on the real cubes (docs/training-results.md) the gate lowers the ensemble's RMSE further where the
 members' strengths vary inside a class, and on dates the blend was not fitted on.
