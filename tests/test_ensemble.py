@@ -455,7 +455,7 @@ def test_the_gate_stays_out_of_a_class_where_cross_fitting_finds_it_worse(tmp_pa
 
     short, far = classes.label(0), classes.label(1)
     ens = fit_module._fit(got, members, ("b",), classes, None, **kw)
-    assert ens.gate.active.tolist() == [[True, False, True, True]]  # the classes without values keep it
+    assert ens.gate.active.tolist() == [[True, False, False, False]]  # classes without values: no dates, no gate
     plain = rmse(fit_module._fit(got, members, ("b",), classes, None, gated=False, **kw))
     switched = rmse(ens)
     fit_band = fit_module._fit_band

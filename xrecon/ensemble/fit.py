@@ -186,7 +186,7 @@ def _fit_band(P: np.ndarray, y: np.ndarray, cls: np.ndarray, raw: np.ndarray | N
             err = (pred - y) ** 2
             ok = np.isfinite(err)
             sse.append(np.bincount(cls[ok], weights=err[ok], minlength=n_class)[:n_class])
-        params["active"] = sse[0] <= sse[1]  # a class without values keeps the gate
+        params["active"] = sse[0] <= sse[1]  # a class without values keeps it (but for min_dates)
         if dates is not None and min_dates > 1:  # slopes fitted on one or two dates' weather stay out of a class
             params["active"] &= blend.dates_per_class(cls, dates, n_class) >= min_dates
     return weights, order, params
@@ -506,7 +506,7 @@ def _training_summary(path: str) -> dict[str, Any]:
 
 def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequence[str], classes: GapClasses,
          spread_member: int | None, *, shrinkage: float, min_class: int, min_calibration: int,
-         split_block: int, gated: bool = True, min_dates: int = 1) -> Ensemble:
+         split_block: int, gated: bool = True, min_dates: int = 5) -> Ensemble:
     """The blend, half-widths and report from the gathered hidden observations (numpy only)."""
     n_member, n_band, n_class = len(members), len(bands), classes.n
     names = [m.method for m in members]
