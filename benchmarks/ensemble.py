@@ -123,11 +123,11 @@ def report(name: str, path: Path) -> dict:
                "coverage": {r.level: (r.coverage, r.width) for r in cov.itertuples()}}
     dates = ens.scores(split="dates")
     if dates.empty:
-        print("  dates check: none (the hidden observations are all on dates of one parity)")
+        print("  dates check: none (the hidden observations lie on one date)")
         return summary
     dates = dates.set_index("method")
     d_best = dates.loc[members, "rmse"].idxmin()
-    print(f"  dates check (blend fitted on odd dates, scored on even ones and back): ensemble "
+    print(f"  dates check (blend fitted on every other hidden date, scored on the rest and back): ensemble "
           f"{dates.loc['ensemble', 'rmse']:.4f} vs {d_best} {dates.loc[d_best, 'rmse']:.4f}: "
           f"{100 * (dates.loc['ensemble', 'rmse'] / dates.loc[d_best, 'rmse'] - 1):+.1f} % RMSE")
     dcov = ens.coverage(split="dates")

@@ -166,7 +166,7 @@ def test_the_dates_check_refits_on_halves_of_the_dates(fitted):
     assert abs(cov.loc[0.9, "coverage"] - 0.9) < 0.05
     with pytest.raises(XreconError, match="split="):
         ens.scores(split="time")
-    # no dates check (every hidden observation on dates of one parity): an empty table, not an error
+    # no dates check (every hidden observation on one date): an empty table, not an error
     none = dataclasses.replace(ens, report={**ens.report, "dates": None})
     assert none.scores(split="dates").empty and none.coverage(split="dates").empty
 

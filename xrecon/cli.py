@@ -190,8 +190,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     if not dates.empty:  # the same fit with halves of the dates: what carries over to dates it never saw
         rmse = dates.set_index("method")["rmse"]
         best = rmse.drop("ensemble").idxmin()
-        print(f"dates check (fitted on odd dates, scored on even ones and back): ensemble {rmse['ensemble']:.4f}, "
-              f"best member {best} {rmse[best]:.4f}")
+        print(f"dates check (fitted on every other hidden date, scored on the rest and back): ensemble "
+              f"{rmse['ensemble']:.4f}, best member {best} {rmse[best]:.4f}")
     print(f"wrote {path}")
     return 0
 

@@ -159,10 +159,9 @@ class Ensemble:
         of one date share its weather, so a class seen on one or two dates is measured on one or two
         situations, however many values it holds.
 
-        ``split="dates"``: the same with halves of the hidden dates (odd and even) instead of space, pooled
-        only; both spatial halves share every date, so this says how much of the gain carries over to dates
-        the blend was not fitted on. Empty when the hidden observations are all on dates of one parity (one
-        hidden date, say)."""
+        ``split="dates"``: the same with halves of the hidden dates (every other one, in time order) instead
+        of space, pooled only; both spatial halves share every date, so this says how much of the gain carries
+        over to dates the blend was not fitted on. Empty when the hidden observations lie on one date."""
         import pandas as pd
 
         return pd.DataFrame(self._report("scores", split))

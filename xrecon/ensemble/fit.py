@@ -368,7 +368,7 @@ def fit_ensemble(
     DatesWarning
         When the figures may not hold on the cube's dates without hidden observations (where most real gaps
         are): on halves of the hidden dates the ensemble is worse than its best member or its 90 % intervals
-        cover less than 0.85, or no such check was possible (every hidden observation on dates of one parity).
+        cover less than 0.85, or no such check was possible (every hidden observation on one date).
 
     Examples
     --------
@@ -481,7 +481,7 @@ def _dates_caveat(ens: Ensemble) -> str | None:
     on = "" if n_dates is None else f" on {n_dates} date{'s' if n_dates != 1 else ''}"
     dates, coverage = ens.scores(split="dates"), ens.coverage(split="dates")
     if dates.empty:
-        return (f"no dates check was possible (the hidden observations lie{on}, and it needs odd and even ones): "
+        return (f"no dates check was possible (the hidden observations lie{on}, and it needs two): "
                 "the blend and its intervals were fitted and measured on the weather of those dates alone, and they "
                 "may not hold on the cube's other dates. A larger holdout hides more dates")
     dates = dates.set_index("method")["rmse"]
@@ -536,9 +536,10 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     pooled_cov = []
     # the same cross-fitting with halves of dates instead of space: both spatial halves share every date, so
     # what the blend learns of one date's weather carries over to the other half; the dates check says how
-    # much of the gain is left on dates the blend was not fitted on (None: the hidden dates are all of one parity)
+    # much of the gain is left on dates the blend was not fitted on. Every other hidden date (in time order)
+    # makes the two halves, so that any two hidden dates give a check (None: the hidden values lie on one date)
     t = np.asarray(got["t"])
-    by_date = t % 2
+    by_date = np.unique(t, return_inverse=True)[1].ravel() % 2
     dated = bool(np.bincount(by_date, minlength=2).min() >= 2)
     dates_oos = np.full(truth.shape, np.nan)
     dates_cov = []
