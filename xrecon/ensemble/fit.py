@@ -62,7 +62,7 @@ def members_folder(out: str | os.PathLike) -> Path:
 
 
 def _check(methods: Any, holdout: Any, shrinkage: Any, split_block: Any, max_samples: Any,
-           min_dates: Any = 1) -> list[str]:
+           min_dates: Any) -> list[str]:
     if isinstance(methods, str):
         methods = [methods]
     try:
@@ -511,6 +511,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     n_member, n_band, n_class = len(members), len(bands), classes.n
     names = [m.method for m in members]
     cls = classes.index(got["size"], got["days"], got.get("sar"))
+    t = np.asarray(got["t"])
     half = ((got["y"] // split_block) + (got["x"] // split_block)) % 2  # the checkerboard's two halves
     rows = (got["y"] // split_block) % 2  # inside one half, its blocks of even and of odd rows
     two_halves = bool(np.bincount(half, minlength=2).min() > 0)
@@ -519,7 +520,7 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     # the classes of one gap-size bin shrink toward their bin's blend: the distance to clear pixels decides
     # most of what the members are worth (neighbors next to them, the networks far inside a cloud)
     fit_kw = {"shrinkage": shrinkage, "min_class": min_class, "groups": classes.size_bins,
-              "dates": np.asarray(got["t"]), "min_dates": min_dates}
+              "dates": t, "min_dates": min_dates}
     calibration = {"min_calibration": min_calibration, "min_dates": min_dates}
     gated = gated and n_member > 1
     features = gating.FEATURES[:4 if spread_member is not None else 3]
@@ -538,7 +539,6 @@ def _fit(got: Mapping[str, np.ndarray], members: Sequence[Member], bands: Sequen
     # what the blend learns of one date's weather carries over to the other half; the dates check says how
     # much of the gain is left on dates the blend was not fitted on. Every other hidden date (in time order)
     # makes the two halves, so that any two hidden dates give a check (None: the hidden values lie on one date)
-    t = np.asarray(got["t"])
     by_date = np.unique(t, return_inverse=True)[1].ravel() % 2
     dated = bool(np.bincount(by_date, minlength=2).min() >= 2)
     dates_oos = np.full(truth.shape, np.nan)

@@ -93,7 +93,7 @@ class Gate:
         Standardisation of the raw features (:func:`features`), from the observations the gate was fitted on.
     active : ndarray (band, class) of bool, optional
         The classes whose weights the gate moves; the others keep their class blend (cross-fitting showed the
-        gate no better there). None: every class.
+        gate no better there, or the class's hidden observations lay on too few dates). None: every class.
     """
 
     features: tuple[str, ...]
